@@ -1,0 +1,147 @@
+"""The ``p2pmarl`` command: launch runs, check and draw topology files."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from p2pmarl.config import FIELD_NAMES, ConfigError, RunConfig, load_experiment, read_run_config
+from p2pmarl.topology import TopologyError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+_FLAG_HELP = {
+    "topology": "topology file (YAML/JSON spec, GraphML, GML, edge list, adjacency list)",
+    "env": "environment: spread, spread-shared, treasure, tag",
+    "algo": "algorithm: itrpo, matrpo, ctrpo",
+    "iterations": "training iterations",
+    "steps_per_iteration": "M, environment steps per iteration over all copies",
+    "n_envs": "K, environment copies stepped in parallel",
+    "episode_length": "steps per episode",
+    "seed": "root seed",
+    "out": "directory for run directories",
+    "checkpoint_every": "checkpoint every this many iterations",
+    "max_kl": "trust region δ/N per agent",
+    "beta": "ADMM penalty β",
+    "admm_iterations": "edge activations per training iteration",
+    "admm_schedule": "async or seeded",
+    "linearized_log_ratio": "exchange J·(θ−θ_old) instead of the true log ratio",
+    "initial_dual": "initial ADMM dual value",
+    "connect_timeout": "seconds for processes to start and connect",
+    "step_timeout": "seconds the world waits for an action",
+    "phase_timeout": "seconds the world waits for agents to finish learning",
+}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    defaults = RunConfig()
+    for name in FIELD_NAMES:
+        flag = "--" + name.replace("_", "-")
+        default = getattr(defaults, name)
+        kind = type(default) if default is not None else (int if "iterations" in name else float)
+        help_text = f"{_FLAG_HELP[name]} (default: {default})"
+        if isinstance(default, bool):
+            parser.add_argument(flag, action="store_true", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=None, help=help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p2pmarl", description="Peer-to-peer multi-agent RL: one process per agent."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    launch = commands.add_parser("launch", help="start a world and N agent processes and train")
+    launch.add_argument("experiment", nargs="?", help="experiment file (launch/*.yaml)")
+    _add_config_flags(launch)
+    launch.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints")
+    launch.add_argument("--no-progress", action="store_true", help="no live progress display")
+    launch.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    topology = commands.add_parser("topology", help="check or draw a topology file")
+    topology_commands = topology.add_subparsers(dest="topology_command", required=True)
+    check = topology_commands.add_parser("check", help="print N, edges, degrees, diameter, λ₂")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    show = topology_commands.add_parser("show", help="draw the graph to a PNG")
+    show.add_argument("file")
+    show.add_argument("--png", required=True, metavar="OUT")
+    return parser
+
+
+def _default_topology(path: str) -> str:
+    """Relative default paths also resolve against the repository the package lives in."""
+    if Path(path).exists() or Path(path).is_absolute():
+        return path
+    candidate = REPO_ROOT / path
+    return str(candidate) if candidate.exists() else path
+
+
+def _launch_config(args: argparse.Namespace) -> RunConfig:
+    from p2pmarl.config import resolve
+
+    overrides = {name: getattr(args, name) for name in FIELD_NAMES}
+    if args.resume:
+        saved = read_run_config(args.resume).to_dict()
+        return resolve(saved, overrides)
+    file_values = load_experiment(args.experiment) if args.experiment else {}
+    config = resolve(file_values, overrides)
+    return RunConfig(**{**config.to_dict(), "topology": _default_topology(config.topology)})
+
+
+def _print_summary(result, as_json: bool) -> None:
+    summary = result.summary
+    if as_json:
+        print(json.dumps(summary, indent=2))
+        return
+    curve = [v for v in summary.get("team_return_curve", []) if v is not None]
+    trend = f"{curve[0]:.2f} → {curve[-1]:.2f}" if curve else "n/a (no finished episodes)"
+    print(
+        f"\n{summary['status']}: {summary['algo']} on {summary['env']} with "
+        f"{summary['n_agents']} agents, {summary['iterations']} iterations, "
+        f"{summary['env_steps']} env steps in {summary['wall_seconds']:.1f} s\n"
+        f"team return (first → last iteration): {trend}\n"
+        f"per agent: "
+        + ", ".join(
+            f"{a['id']}: {a['return']:.2f}" if a["return"] is not None else f"{a['id']}: n/a"
+            for a in summary["agents"]
+        )
+        + f"\nresults: {result.run_dir}  (summary.json, agents/agent-*/metrics.jsonl, logs)"
+    )
+
+
+def _run_launch(args: argparse.Namespace) -> int:
+    from p2pmarl.runtime.launcher import launch
+
+    config = _launch_config(args)
+    resume = Path(args.resume) if args.resume else None
+    result = launch(config, resume=resume, show_progress=not args.no_progress)
+    for message in result.messages:
+        print(message, file=sys.stderr)
+    _print_summary(result, args.json)
+    return result.exit_code
+
+
+def _run_topology(args: argparse.Namespace) -> int:
+    from p2pmarl.topology import describe, draw_topology, format_description, load_topology
+
+    topology = load_topology(args.file)
+    if args.topology_command == "check":
+        description = describe(topology)
+        print(json.dumps(description, indent=2) if args.json else format_description(description))
+    else:
+        draw_topology(topology, args.png)
+        print(f"wrote {args.png}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "launch":
+            return _run_launch(args)
+        return _run_topology(args)
+    except (ConfigError, TopologyError) as error:
+        print(f"p2pmarl: error: {error}", file=sys.stderr)
+        return 2

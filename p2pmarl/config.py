@@ -1,0 +1,160 @@
+"""Run configuration: one frozen dataclass, loadable from an experiment file, overridable by flags.
+
+Precedence: dataclass defaults < experiment file (``launch/*.yaml``) < command-line flags. The
+fully resolved config is written into every run directory as ``config.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """An experiment file or flag value that cannot be used; the message says which and why."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run. Field names double as experiment-file keys and flags."""
+
+    topology: str = "topologies/ring3.yaml"
+    """Topology file; N (number of agents) comes from it."""
+    env: str = "spread"
+    """Environment name: spread, spread-shared, treasure, tag."""
+    algo: str = "itrpo"
+    """Algorithm variant: itrpo, matrpo, ctrpo."""
+    iterations: int = 5
+    """Training iterations (rollout → local learning → peer phase)."""
+    steps_per_iteration: int = 2000
+    """M, environment transitions per iteration over all copies (paper: 10,000)."""
+    n_envs: int = 8
+    """K, environment copies stepped in parallel by the world; M is rounded up to a multiple."""
+    episode_length: int = 100
+    """Steps per episode (paper: 100)."""
+    seed: int = 0
+    """Root seed; per-process seeds are derived from it with numpy's SeedSequence."""
+    out: str = "runs"
+    """Directory under which the run directory is created."""
+    checkpoint_every: int = 10
+    """Save every agent's networks, optimizer and RNG state every this many iterations."""
+    max_kl: float | None = None
+    """Trust region δ/N per agent (None: the algorithm's default for N, paper Table III)."""
+    beta: float | None = None
+    """ADMM penalty β (None: paper Table III value for N)."""
+    admm_iterations: int | None = None
+    """Edge activations per training iteration (None: paper Table III value for N)."""
+    admm_schedule: str = "async"
+    """``async`` (edges activated by their endpoints) or ``seeded`` (replays Algorithm 1)."""
+    linearized_log_ratio: bool = False
+    """Exchange the paper's J·(θ−θ_old) instead of the true log ratio (eq. 22)."""
+    initial_dual: float = 0.0
+    """Initial value of every edge dual y at the start of an ADMM phase."""
+    connect_timeout: float = 60.0
+    """Seconds for all processes to start and reach their neighbours."""
+    step_timeout: float = 30.0
+    """Seconds the world waits for an agent's action before declaring it unresponsive."""
+    phase_timeout: float = 900.0
+    """Seconds the world waits for agents to finish learning between rollouts."""
+
+    @property
+    def rollout_length(self) -> int:
+        """T: steps per environment copy per iteration, so that T·K ≥ M."""
+        return -(-self.steps_per_iteration // self.n_envs)
+
+    def validate(self) -> RunConfig:
+        """Raise :class:`ConfigError` on values that cannot work; returns self."""
+        positive = ("iterations", "steps_per_iteration", "n_envs", "episode_length")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"checkpoint_every must be ≥ 1, got {self.checkpoint_every}")
+        if self.admm_schedule not in ("async", "seeded"):
+            raise ConfigError(
+                f"admm_schedule must be 'async' or 'seeded', got {self.admm_schedule!r}"
+            )
+        for name in ("max_kl", "beta"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.admm_iterations is not None and self.admm_iterations < 1:
+            raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    """Check an experiment-file value against the field's type."""
+    field = next(f for f in fields(RunConfig) if f.name == name)
+    kind = str(field.type)
+    if value is None and "None" in kind:
+        return None
+    expected = (
+        bool if "bool" in kind else float if "float" in kind else int if "int" in kind else str
+    )
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ConfigError(
+            f"{source}: {name} must be {expected.__name__}, got {value!r} "
+            f"({type(value).__name__})"
+        )
+    return value
+
+
+def load_experiment(path: str | Path) -> dict[str, Any]:
+    """Read an experiment YAML/JSON file into checked field values (dashes or underscores)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ConfigError(f"cannot read experiment file {path}: {error.strerror}") from error
+    try:
+        data = yaml.safe_load(text) if path.suffix != ".json" else json.loads(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ConfigError(f"experiment file {path} is not valid YAML/JSON: {error}") from error
+    if data is None:
+        raise ConfigError(f"experiment file {path} is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"experiment file {path} must be a mapping of settings")
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in FIELD_NAMES:
+            raise ConfigError(
+                f"experiment file {path}: unknown setting {key!r}; known: {', '.join(FIELD_NAMES)}"
+            )
+        values[name] = _coerce(name, value, str(path))
+    if "topology" in values and not Path(values["topology"]).is_absolute():
+        candidate = path.parent / values["topology"]
+        if not Path(values["topology"]).exists() and candidate.exists():
+            values["topology"] = str(candidate)
+    return values
+
+
+def resolve(file_values: dict[str, Any], overrides: dict[str, Any]) -> RunConfig:
+    """Defaults < experiment file < flags (``None`` flags mean "not given")."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in overrides.items() if v is not None})
+    return RunConfig(**merged).validate()
+
+
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config saved in a run directory."""
+    path = Path(run_dir) / "config.json"
+    try:
+        data = json.loads(path.read_text())["config"]
+    except (OSError, KeyError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is missing or not a p2pmarl run config: {error}") from error
+    return RunConfig(**data).validate()

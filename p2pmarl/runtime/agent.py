@@ -1,0 +1,214 @@
+"""The agent process: one algorithm-agnostic loop of rollout → local learning → peer phase.
+
+The loop owns the sockets (world link and peer transport), seeding, metrics and checkpoints; the
+algorithm (``p2pmarl.algos``) only acts, learns from its own batch and talks to its neighbours
+through :class:`~p2pmarl.runtime.peers.PeerLink`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from p2pmarl.algos import make_algorithm
+from p2pmarl.algos.base import AgentAlgorithm, Batch
+from p2pmarl.config import RunConfig, read_run_config
+from p2pmarl.envs import env_spec
+from p2pmarl.envs.base import EnvSpec
+from p2pmarl.runtime.codec import CodecError, Message, require_array
+from p2pmarl.runtime.peers import PeerLink
+from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
+from p2pmarl.runtime.transport import PeerTimeout, ZmqTransport
+from p2pmarl.runtime.world_link import LinkTimeout, WorldClient
+from p2pmarl.topology import Topology, load_topology
+
+STEP = frozenset({"step"})
+STOP_OR_STEP = frozenset({"step", "stop"})
+
+
+@dataclass
+class EpisodeTracker:
+    """Running own-reward returns per environment copy; finished episodes of this iteration."""
+
+    n_envs: int
+    running: np.ndarray = field(init=False)
+    finished: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.running = np.zeros(self.n_envs)
+
+    def add(self, rewards: np.ndarray, dones: np.ndarray) -> None:
+        self.running += rewards
+        self.finished.extend(self.running[dones].tolist())
+        self.running[dones] = 0.0
+
+    def take(self) -> list[float]:
+        finished, self.finished = self.finished, []
+        return finished
+
+
+class Rollout:
+    """Collects one iteration's batch by answering the world's step messages."""
+
+    def __init__(self, agent_id: int, spec: EnvSpec, config: RunConfig) -> None:
+        self.agent_id = agent_id
+        self.spec = spec
+        self.config = config
+        self.tracker = EpisodeTracker(config.n_envs)
+
+    def collect(
+        self, world: WorldClient, algorithm: AgentAlgorithm, first: Message, iteration: int
+    ) -> Batch:
+        """Act on T step messages starting with ``first``; returns the batch of this agent."""
+        T, K, N = self.config.rollout_length, self.config.n_envs, self.spec.n_agents
+        size = self.spec.observation_sizes[self.agent_id]
+        observations = np.empty((T, K, size), dtype=np.float32)
+        joint_actions = np.empty((T, K, N), dtype=np.int64)
+        rewards = np.empty((T, K), dtype=np.float32)
+        dones = np.empty((T, K), dtype=bool)
+        message = first
+        for t in range(T):
+            observations[t] = self._observations(message, t)
+            actions = algorithm.act(observations[t])
+            world.send("act", iteration, {"actions": actions.astype(np.int64, copy=False)})
+            message = world.receive(STEP, self.config.step_timeout)
+            joint_actions[t], rewards[t], dones[t] = self._outcome(message)
+            self.tracker.add(rewards[t], dones[t])
+        return Batch(
+            agent_id=self.agent_id,
+            observations=observations,
+            joint_actions=joint_actions,
+            rewards=rewards,
+            dones=dones,
+            last_observations=self._observations(message, T),
+        )
+
+    def _observations(self, message: Message, t: int) -> np.ndarray:
+        if message.body.get("t") != t:
+            raise CodecError("out_of_order", f"expected step {t}, got {message.body.get('t')}")
+        size = self.spec.observation_sizes[self.agent_id]
+        return require_array(message.body, "obs", shape=(self.config.n_envs, size))
+
+    def _outcome(self, message: Message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        K, N = self.config.n_envs, self.spec.n_agents
+        joint = require_array(message.body, "joint_action", shape=(K, N), dtype="<i8")
+        reward = require_array(message.body, "reward", shape=(K,), dtype="<f4")
+        done = require_array(message.body, "done", shape=(K,), dtype="|b1")
+        return joint, reward, done
+
+
+class AgentProcess:
+    """Everything one agent process holds."""
+
+    def __init__(self, run_dir: RunDir, agent_id: int, start_iteration: int) -> None:
+        torch.set_num_threads(1)
+        self.run_dir = run_dir
+        self.agent_id = agent_id
+        self.start_iteration = start_iteration
+        self.config = read_run_config(run_dir.root)
+        self.topology: Topology = load_topology(run_dir.topology)
+        self.spec = env_spec(self.config.env, self.topology.n_agents, self.config.episode_length)
+        _, seeds = process_seeds(self.config.seed, self.topology.n_agents)
+        self.algorithm = make_algorithm(
+            self.config.algo, agent_id, self.spec, self.topology, self.config, seeds[agent_id]
+        )
+        if start_iteration > 0:
+            self._load_checkpoint(start_iteration)
+        endpoints = json.loads(run_dir.endpoints.read_text())
+        agent_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
+        self.transport = ZmqTransport(
+            agent_id, agent_endpoints, self.topology.neighbours(agent_id)
+        )
+        self.peers = PeerLink(self.transport, start_iteration)
+        self.world = WorldClient(endpoints["world"], agent_id)
+        self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
+        self.rollout = Rollout(agent_id, self.spec, self.config)
+
+    def run(self) -> None:
+        connect_seconds = self.transport.wait_connected(self.config.connect_timeout)
+        self.world.send("ready", self.start_iteration, {})
+        self.metrics.record({"event": "connected", "connect/seconds": connect_seconds})
+        for iteration in range(self.start_iteration, self.config.iterations):
+            self._iteration(iteration)
+        self.world.receive(frozenset({"stop"}), self.config.phase_timeout)
+
+    def _iteration(self, iteration: int) -> None:
+        started = time.monotonic()
+        first = self.world.receive(STEP, self.config.phase_timeout)
+        batch = self.rollout.collect(self.world, self.algorithm, first, iteration)
+        rollout_seconds = time.monotonic() - started
+        stats = self.algorithm.local_update(batch)
+        local_seconds = time.monotonic() - started - rollout_seconds
+        self.peers.start_iteration(iteration)
+        stats.update(self.algorithm.peer_phase(batch, self.peers))
+        returns = self.rollout.tracker.take()
+        self.metrics.record(
+            {
+                "iteration": iteration,
+                "env_steps": (iteration + 1) * batch.n_samples,
+                "rollout/return": float(np.mean(returns)) if returns else None,
+                "rollout/episodes": len(returns),
+                "time/rollout_seconds": rollout_seconds,
+                "time/local_seconds": local_seconds,
+                "time/iteration_seconds": time.monotonic() - started,
+                "net/bytes_sent": self.transport.sent_bytes,
+                "net/rejected": sum(self.transport.rejected.values()),
+                **stats,
+            }
+        )
+        done = iteration + 1
+        if done % self.config.checkpoint_every == 0 or done == self.config.iterations:
+            self._save_checkpoint(done)
+        self.world.send("ready", done, {})
+
+    def _save_checkpoint(self, iterations_done: int) -> None:
+        path = self.run_dir.checkpoint(self.agent_id, iterations_done)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {
+            "iterations_done": iterations_done,
+            "algorithm": self.algorithm.state_dict(),
+            "episodes_running": self.rollout.tracker.running,
+        }
+        temporary = path.with_suffix(".tmp")
+        torch.save(state, temporary)
+        temporary.replace(path)
+
+    def _load_checkpoint(self, iterations_done: int) -> None:
+        path = self.run_dir.checkpoint(self.agent_id, iterations_done)
+        state = torch.load(path, weights_only=False)
+        self.algorithm.load_state_dict(state["algorithm"])
+
+    def close(self) -> None:
+        self.metrics.close()
+        self.transport.close()
+        self.world.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="p2pmarl-agent")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--agent", type=int, required=True)
+    parser.add_argument("--start-iteration", type=int, default=0)
+    args = parser.parse_args(argv)
+    run_dir = RunDir(args.run_dir)
+    logger = setup_process_logging(run_dir.agent_log(args.agent), f"agent-{args.agent}")
+    process = AgentProcess(run_dir, args.agent, args.start_iteration)
+    try:
+        process.run()
+    except (LinkTimeout, PeerTimeout, CodecError) as error:
+        logger.error("%s", error)
+        print(f"agent {args.agent}: {error}", flush=True)
+        return 3
+    finally:
+        process.close()
+    logger.info("agent %d finished", args.agent)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

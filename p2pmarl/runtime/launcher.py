@@ -1,0 +1,293 @@
+"""The launcher: turns a config and a topology into one world and N agent processes, and watches.
+
+It takes no part in learning. It writes the run directory, starts the processes (each dies with
+the launcher: ``PR_SET_PDEATHSIG``), shows progress from the files the processes write, stops
+everything on Ctrl-C or when one process dies, and writes ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import importlib.metadata
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from p2pmarl.algos import algorithm_class
+from p2pmarl.config import ConfigError, RunConfig
+from p2pmarl.envs import env_spec
+from p2pmarl.runtime.progress import ProgressView
+from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
+from p2pmarl.runtime.summary import build_summary
+from p2pmarl.topology import Topology, load_topology
+
+POLL_INTERVAL = 0.25
+"""Seconds between checks of the child processes and their progress files."""
+SHUTDOWN_GRACE = 3.0
+"""Seconds a child gets between SIGTERM and SIGKILL."""
+FINISH_GRACE = 30.0
+"""Seconds agents get to exit after the world has finished."""
+LOG_TAIL_LINES = 20
+"""Lines of a dead process's log printed by the launcher."""
+PACKAGES = ("p2pmarl", "torch", "pyzmq", "msgpack", "numpy", "networkx", "pettingzoo", "mpe2")
+
+
+class LaunchError(RuntimeError):
+    """A run that could not be started or that failed; the message names the process."""
+
+
+@dataclass
+class Child:
+    """One started process and where its output goes."""
+
+    name: str
+    process: subprocess.Popen
+    output: Path
+    log: Path
+
+
+@dataclass
+class LaunchResult:
+    """What the launcher hands back to the CLI."""
+
+    run_dir: Path
+    summary: dict
+    exit_code: int
+    messages: list[str] = field(default_factory=list)
+
+
+def _die_with_parent() -> None:
+    """Child-side: get SIGKILL when the launcher dies, so no process is ever orphaned."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
+    except OSError:
+        pass
+
+
+def load_checked_topology(config: RunConfig) -> Topology:
+    """Load the topology and check it against the algorithm and the environment."""
+    algorithm = algorithm_class(config.algo)
+    topology = load_topology(
+        config.topology, require_connected=algorithm.needs_connected_graph
+    )
+    try:
+        env_spec(config.env, topology.n_agents, config.episode_length)
+    except ValueError as error:
+        raise ConfigError(
+            f"topology {config.topology} has {topology.n_agents} agents, which environment "
+            f"{config.env!r} cannot have: {error}"
+        ) from error
+    return topology
+
+
+def new_run_dir(config: RunConfig) -> RunDir:
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(config.out) / f"{stamp}-{config.algo}-{config.env}-s{config.seed}"
+    root, suffix = base, 1
+    while root.exists():
+        suffix += 1
+        root = base.with_name(f"{base.name}-{suffix}")
+    root.mkdir(parents=True)
+    return RunDir(root)
+
+
+def write_run_files(run_dir: RunDir, config: RunConfig, topology: Topology, socket_dir: Path):
+    world_seed, agent_seeds = process_seeds(config.seed, topology.n_agents)
+    write_json(
+        run_dir.config,
+        {
+            "config": config.to_dict(),
+            "seeds": {"world": world_seed, "agents": agent_seeds},
+            "versions": _versions(),
+            "python": platform.python_version(),
+            "command": sys.argv,
+        },
+    )
+    topology.save_node_link(run_dir.topology)
+    write_json(run_dir.endpoints, endpoints_for(topology, socket_dir))
+
+
+def endpoints_for(topology: Topology, socket_dir: Path) -> dict:
+    """ipc:// sockets in a short temporary folder, or tcp:// where the topology has addresses."""
+    agents = {}
+    for agent in range(topology.n_agents):
+        if agent in topology.addresses:
+            host, port = topology.addresses[agent]
+            agents[str(agent)] = f"tcp://{host}:{port}"
+        else:
+            agents[str(agent)] = f"ipc://{socket_dir}/agent-{agent}"
+    return {"world": f"ipc://{socket_dir}/world", "agents": agents}
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return versions
+
+
+class Launcher:
+    """Starts, watches and stops the processes of one run."""
+
+    def __init__(self, run_dir: RunDir, config: RunConfig, n_agents: int, start: int) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.n_agents = n_agents
+        self.start = start
+        self.children: list[Child] = []
+
+    def spawn(self) -> None:
+        common = ["--run-dir", str(self.run_dir.root), "--start-iteration", str(self.start)]
+        self._spawn("world", "p2pmarl.runtime.world", common, self.run_dir.world_log)
+        for agent in range(self.n_agents):
+            self._spawn(
+                f"agent {agent}",
+                "p2pmarl.runtime.agent",
+                [*common, "--agent", str(agent)],
+                self.run_dir.agent_log(agent),
+            )
+
+    def _spawn(self, name: str, module: str, args: list[str], log: Path) -> None:
+        output = log.with_name(log.stem + ".out")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with output.open("ab") as sink:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
+            )
+        self.children.append(Child(name, process, output, log))
+
+    def watch(self, on_poll: Callable[[], None]) -> tuple[str, str | None]:
+        """Wait until the world finishes or a process dies; returns (status, culprit)."""
+        world, agents = self.children[0], self.children[1:]
+        while True:
+            on_poll()
+            for child in agents:
+                code = child.process.poll()
+                if code is not None and (code != 0 or world.process.poll() is None):
+                    return "failed", child.name
+            code = world.process.poll()
+            if code is not None:
+                return ("completed", None) if code == 0 else ("failed", world.name)
+            time.sleep(POLL_INTERVAL)
+
+    def wait_agents(self, timeout: float) -> str | None:
+        """After the world is done: wait for agents to exit; returns the first that failed."""
+        deadline = time.monotonic() + timeout
+        for child in self.children[1:]:
+            try:
+                code = child.process.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                return child.name
+            if code != 0:
+                return child.name
+        return None
+
+    def stop_all(self) -> None:
+        """SIGTERM every live child, SIGKILL what is left after the grace period, reap all."""
+        for child in self.children:
+            if child.process.poll() is None:
+                child.process.terminate()
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for child in self.children:
+            try:
+                child.process.wait(max(0.05, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.process.kill()
+                child.process.wait()
+
+    def describe_failure(self, name: str) -> str:
+        child = next(c for c in self.children if c.name == name)
+        code = child.process.poll()
+        how = "is unresponsive" if code is None else f"exited with code {code}"
+        if code is not None and code < 0:
+            how = f"was killed by signal {signal.Signals(-code).name}"
+        lines = [f"{name} {how}. Last lines of {child.log} and {child.output.name}:"]
+        for path in (child.log, child.output):
+            lines.extend("    " + line for line in _tail(path, LOG_TAIL_LINES))
+        return "\n".join(lines)
+
+
+def _tail(path: Path, n: int) -> list[str]:
+    try:
+        return path.read_text(errors="replace").splitlines()[-n:]
+    except OSError:
+        return []
+
+
+def resume_start(run_dir: RunDir, n_agents: int) -> int:
+    """The last iteration count for which every agent has a checkpoint."""
+    common: set[int] | None = None
+    for agent in range(n_agents):
+        have = set(run_dir.checkpoint_iterations(agent))
+        common = have if common is None else common & have
+    if not common:
+        raise ConfigError(f"{run_dir.root}: no checkpoint that every agent has; cannot resume")
+    return max(common)
+
+
+def launch(
+    config: RunConfig, *, resume: Path | None = None, show_progress: bool = True
+) -> LaunchResult:
+    """Run one training job end to end and return its summary."""
+    topology = load_checked_topology(config)
+    if resume is None:
+        run_dir, start = new_run_dir(config), 0
+    else:
+        run_dir = RunDir(resume)
+        start = resume_start(run_dir, topology.n_agents)
+        if start >= config.iterations:
+            raise ConfigError(
+                f"{resume}: already has {start} iterations; pass --iterations > {start}"
+            )
+    socket_dir = Path(tempfile.mkdtemp(prefix="p2pmarl-", dir="/tmp"))
+    write_run_files(run_dir, config, topology, socket_dir)
+    launcher = Launcher(run_dir, config, topology.n_agents, start)
+    view = ProgressView(run_dir, config, topology.n_agents, start, enabled=show_progress)
+    started = time.monotonic()
+    messages: list[str] = []
+    try:
+        launcher.spawn()
+        with view:
+            status, culprit = launcher.watch(view.update)
+            if status == "completed":
+                culprit = launcher.wait_agents(FINISH_GRACE)
+                status = "failed" if culprit else status
+            view.update()
+    except KeyboardInterrupt:
+        status, culprit = "interrupted", None
+        messages.append("interrupted: stopping every process")
+    finally:
+        launcher.stop_all()
+        shutil.rmtree(socket_dir, ignore_errors=True)
+    if culprit is not None:
+        messages.append(launcher.describe_failure(culprit))
+    summary = build_summary(run_dir, config, topology.n_agents, status, time.monotonic() - started)
+    summary["failed_process"] = culprit
+    write_json(run_dir.summary, summary)
+    exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
+    return LaunchResult(run_dir.root, summary, exit_code, messages)
+
+
+def connect_seconds(run_dir: RunDir) -> float | None:
+    """Seconds from the world's start until every agent reached its neighbours and the world."""
+    for event in read_jsonl(run_dir.world_events):
+        if event.get("event") == "connected":
+            return float(event["seconds"])
+    return None

@@ -1,0 +1,259 @@
+"""Point-to-point message transport between graph neighbours.
+
+:class:`Transport` is the interface the runtime and the algorithms' peer phase use. Two
+implementations: :class:`ZmqTransport` (one ROUTER socket bound per agent, one DEALER per
+neighbour; ipc:// on one host, tcp:// when the topology gives addresses) for real runs, and
+:class:`MemoryHub`/:class:`MemoryTransport` (thread-safe queues) for unit tests. Both reject, count
+and log malformed frames and frames from anyone who is not a graph neighbour.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import zmq
+
+from p2pmarl.runtime.codec import CodecError, Message, decode, encode
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_INTERVAL = 1.0
+"""Seconds between heartbeats to each neighbour while the agent waits on its peers."""
+HELLO_INTERVAL = 0.2
+"""Seconds between hello retries while the agent waits for its neighbours to appear."""
+SEND_HIGH_WATER_MARK = 1000
+"""Frames queued per neighbour before sends are dropped (and counted) instead of blocking."""
+CONTROL_KINDS = frozenset({"hello", "heartbeat"})
+"""Kinds consumed by the transport itself and never handed to the caller."""
+
+
+class PeerTimeout(TimeoutError):
+    """Neighbours did not answer within the allowed time."""
+
+
+class Transport(ABC):
+    """Sends messages to graph neighbours and receives theirs, with a timeout on every receive."""
+
+    def __init__(self, agent_id: int, neighbours: Iterable[int]) -> None:
+        self.agent_id = agent_id
+        self.neighbours = tuple(sorted(neighbours))
+        self.rejected: Counter[str] = Counter()
+        self.sent_messages = 0
+        self.sent_bytes = 0
+        self.received_bytes = 0
+        self.last_seen: dict[int, float] = {}
+        self._next_heartbeat = 0.0
+        self._sequence = 0
+        self._pending: deque[Message] = deque()
+
+    # -- what implementations provide --------------------------------------------------------
+    @abstractmethod
+    def _send_frame(self, receiver: int, frame: bytes) -> bool:
+        """Queue one encoded frame for ``receiver``; False if it had to be dropped."""
+
+    @abstractmethod
+    def _receive_frame(self, timeout: float) -> tuple[int | None, bytes] | None:
+        """Next raw frame and the neighbour the socket layer says it came from (or None)."""
+
+    def close(self) -> None:
+        """Release sockets; the default has none."""
+
+    # -- shared behaviour ---------------------------------------------------------------------
+    def send(self, receiver: int, kind: str, round: int, body: Mapping[str, Any]) -> int:
+        """Send one message to a neighbour; returns the bytes put on the wire (0 if dropped)."""
+        if receiver not in self.neighbours:
+            raise ValueError(f"agent {self.agent_id}: {receiver} is not a graph neighbour")
+        self._sequence += 1
+        frame = encode(Message(kind, self.agent_id, receiver, round, self._sequence, body))
+        if not self._send_frame(receiver, frame):
+            self.rejected["send_queue_full"] += 1
+            return 0
+        self.sent_messages += 1
+        self.sent_bytes += len(frame)
+        return len(frame)
+
+    def receive(self, timeout: float) -> Message | None:
+        """Next valid message from a neighbour, or None once ``timeout`` seconds have passed.
+
+        Heartbeats and hellos are consumed here; malformed frames and strangers are rejected,
+        counted in :attr:`rejected` by reason and logged, never raised.
+        """
+        if self._pending:
+            return self._pending.popleft()
+        deadline = time.monotonic() + timeout
+        while True:
+            self._maybe_heartbeat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            got = self._receive_frame(min(remaining, HEARTBEAT_INTERVAL))
+            if got is None:
+                continue
+            message = self._accept(*got)
+            if message is not None and message.kind not in CONTROL_KINDS:
+                return message
+
+    def wait_connected(self, timeout: float) -> float:
+        """Say hello until every neighbour has been heard from; returns seconds taken."""
+        start = time.monotonic()
+        missing = set(self.neighbours)
+        next_hello = 0.0
+        while missing:
+            now = time.monotonic()
+            if now - start > timeout:
+                raise PeerTimeout(
+                    f"agent {self.agent_id}: no word from neighbours {sorted(missing)} "
+                    f"after {timeout:.0f} s"
+                )
+            if now >= next_hello:
+                for neighbour in missing:
+                    self.send(neighbour, "hello", 0, {})
+                next_hello = now + HELLO_INTERVAL
+            got = self._receive_frame(HELLO_INTERVAL)
+            if got is not None:
+                message = self._accept(*got)
+                if message is not None and message.kind not in CONTROL_KINDS:
+                    self._pending.append(message)
+            missing -= set(self.last_seen)
+        # Neighbours that connected late still need one hello from us to finish their wait.
+        for neighbour in self.neighbours:
+            self.send(neighbour, "hello", 0, {})
+        return time.monotonic() - start
+
+    def _maybe_heartbeat(self) -> None:
+        now = time.monotonic()
+        if now < self._next_heartbeat:
+            return
+        self._next_heartbeat = now + HEARTBEAT_INTERVAL
+        for neighbour in self.neighbours:
+            self.send(neighbour, "heartbeat", 0, {})
+
+    def _accept(self, link_sender: int | None, frame: bytes) -> Message | None:
+        self.received_bytes += len(frame)
+        try:
+            message = decode(frame)
+        except CodecError as error:
+            return self._reject(error.reason, f"from link {link_sender}: {error.detail}")
+        if message.sender not in self.neighbours:
+            return self._reject("not_neighbour", f"sender {message.sender}")
+        if link_sender is not None and link_sender != message.sender:
+            return self._reject(
+                "spoofed_sender", f"link {link_sender} claims sender {message.sender}"
+            )
+        if message.receiver != self.agent_id:
+            return self._reject("wrong_receiver", f"addressed to {message.receiver}")
+        self.last_seen[message.sender] = time.monotonic()
+        return message
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        logger.warning("agent %d rejected a message (%s): %s", self.agent_id, reason, detail)
+        return None
+
+
+def identity_of(agent_id: int) -> bytes:
+    """ZeroMQ routing identity of an agent's outgoing sockets."""
+    return f"agent-{agent_id}".encode()
+
+
+def agent_of(identity: bytes) -> int | None:
+    """Inverse of :func:`identity_of`; None for identities that are not agents."""
+    text = identity.decode("ascii", errors="replace")
+    prefix, _, number = text.partition("-")
+    if prefix != "agent" or not number.isdigit():
+        return None
+    return int(number)
+
+
+class ZmqTransport(Transport):
+    """ZeroMQ transport: bind a ROUTER at our endpoint, connect a DEALER to each neighbour's."""
+
+    def __init__(
+        self,
+        agent_id: int,
+        endpoints: Mapping[int, str],
+        neighbours: Iterable[int],
+        context: zmq.Context | None = None,
+    ) -> None:
+        super().__init__(agent_id, neighbours)
+        self._context = context or zmq.Context.instance()
+        self._inbox = self._context.socket(zmq.ROUTER)
+        self._inbox.setsockopt(zmq.LINGER, 0)
+        self._inbox.setsockopt(zmq.RCVHWM, SEND_HIGH_WATER_MARK * 4)
+        self._inbox.bind(endpoints[agent_id])
+        self._outboxes: dict[int, zmq.Socket] = {}
+        for neighbour in self.neighbours:
+            socket = self._context.socket(zmq.DEALER)
+            socket.setsockopt(zmq.LINGER, 0)
+            socket.setsockopt(zmq.SNDHWM, SEND_HIGH_WATER_MARK)
+            socket.setsockopt(zmq.IDENTITY, identity_of(agent_id))
+            socket.connect(endpoints[neighbour])
+            self._outboxes[neighbour] = socket
+        self._poller = zmq.Poller()
+        self._poller.register(self._inbox, zmq.POLLIN)
+
+    def _send_frame(self, receiver: int, frame: bytes) -> bool:
+        try:
+            self._outboxes[receiver].send(frame, zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return False
+        return True
+
+    def _receive_frame(self, timeout: float) -> tuple[int | None, bytes] | None:
+        if not self._poller.poll(max(0, int(timeout * 1000))):
+            return None
+        parts = self._inbox.recv_multipart(copy=True)
+        if len(parts) != 2:
+            self.rejected["bad_frames"] += 1
+            return None
+        return agent_of(parts[0]), parts[1]
+
+    def close(self) -> None:
+        for socket in self._outboxes.values():
+            socket.close(linger=0)
+        self._inbox.close(linger=0)
+
+
+class MemoryHub:
+    """In-process switchboard for :class:`MemoryTransport`: one queue per agent."""
+
+    def __init__(self) -> None:
+        self._queues: dict[int, queue.Queue[tuple[int, bytes]]] = {}
+        self._lock = threading.Lock()
+
+    def inbox(self, agent_id: int) -> queue.Queue[tuple[int, bytes]]:
+        with self._lock:
+            return self._queues.setdefault(agent_id, queue.Queue())
+
+    def transport(self, agent_id: int, neighbours: Iterable[int]) -> MemoryTransport:
+        return MemoryTransport(self, agent_id, neighbours)
+
+    def inject(self, receiver: int, link_sender: int, frame: bytes) -> None:
+        """Deliver raw bytes as if ``link_sender`` had sent them (for hostile-input tests)."""
+        self.inbox(receiver).put((link_sender, frame))
+
+
+class MemoryTransport(Transport):
+    """Same interface as :class:`ZmqTransport` over in-process queues (unit tests)."""
+
+    def __init__(self, hub: MemoryHub, agent_id: int, neighbours: Iterable[int]) -> None:
+        super().__init__(agent_id, neighbours)
+        self._hub = hub
+        self._inbox = hub.inbox(agent_id)
+
+    def _send_frame(self, receiver: int, frame: bytes) -> bool:
+        self._hub.inbox(receiver).put((self.agent_id, frame))
+        return True
+
+    def _receive_frame(self, timeout: float) -> tuple[int | None, bytes] | None:
+        try:
+            return self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            return None

@@ -1,0 +1,161 @@
+"""The world process: K copies of the environment stepped in lock-step; physics, not a coordinator.
+
+Each step it sends agent i only its own observation block, its own reward, the done flags and the
+joint action of the previous step (MATRPO section IV-D), and waits for every agent's action. It
+never sees parameters, log ratios, advantages or anything else about learning.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from p2pmarl.config import RunConfig, read_run_config
+from p2pmarl.envs import make_env
+from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
+from p2pmarl.runtime.codec import CodecError, Message, require_array
+from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
+from p2pmarl.runtime.world_link import LinkTimeout, WorldServer
+
+
+@dataclass
+class StepResult:
+    """What the K copies produced in one step, before it is split per agent."""
+
+    observations: list[list[np.ndarray]]
+    rewards: np.ndarray
+    dones: np.ndarray
+    joint_actions: np.ndarray
+
+
+class VectorWorld:
+    """K environment copies with automatic reset at episode end."""
+
+    def __init__(self, config: RunConfig, n_agents: int, seed: int) -> None:
+        self.envs: list[MultiAgentEnv] = [
+            make_env(config.env, n_agents, config.episode_length) for _ in range(config.n_envs)
+        ]
+        self.spec: EnvSpec = self.envs[0].spec
+        seeds = np.random.SeedSequence(seed).generate_state(len(self.envs))
+        self.observations = [env.reset(int(s)) for env, s in zip(self.envs, seeds, strict=True)]
+
+    def step(self, joint_actions: np.ndarray) -> StepResult:
+        """Step every copy with its row of the (K, N) joint action; reset finished copies."""
+        n_envs, n_agents = joint_actions.shape
+        rewards = np.zeros((n_envs, n_agents), dtype=np.float32)
+        dones = np.zeros(n_envs, dtype=bool)
+        for k, env in enumerate(self.envs):
+            observations, rewards[k], dones[k] = env.step(joint_actions[k].tolist())
+            self.observations[k] = env.reset() if dones[k] else observations
+        return StepResult(self.observations, rewards, dones, joint_actions)
+
+    def agent_observations(self, agent: int) -> np.ndarray:
+        return np.stack([obs[agent] for obs in self.observations]).astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+class World:
+    """Runs the rollout protocol with the agents for every training iteration."""
+
+    def __init__(self, run_dir: RunDir, config: RunConfig, n_agents: int, endpoint: str) -> None:
+        self.run_dir = run_dir
+        self.config = config
+        self.n_agents = n_agents
+        world_seed, _ = process_seeds(config.seed, n_agents)
+        self.vector = VectorWorld(config, n_agents, world_seed)
+        self.server = WorldServer(endpoint, n_agents)
+        self.events = MetricsRecorder(run_dir.world_events)
+
+    def run(self, start_iteration: int) -> None:
+        started = time.monotonic()
+        self.server.gather("ready", start_iteration, self.config.connect_timeout)
+        self.events.record({"event": "connected", "seconds": time.monotonic() - started})
+        for iteration in range(start_iteration, self.config.iterations):
+            rollout_started = time.monotonic()
+            self._rollout(iteration)
+            self.events.record(
+                {
+                    "event": "rollout",
+                    "iteration": iteration,
+                    "env_steps": (iteration + 1) * self.config.rollout_length * self.config.n_envs,
+                    "rollout_seconds": time.monotonic() - rollout_started,
+                }
+            )
+            self.server.gather("ready", iteration + 1, self.config.phase_timeout)
+        for agent in range(self.n_agents):
+            self.server.send(agent, "stop", self.config.iterations, {})
+        self.events.record({"event": "stopped", "rejected": dict(self.server.rejected)})
+
+    def _rollout(self, iteration: int) -> None:
+        """T lock-step steps; message t carries o_t and the outcome of step t−1."""
+        previous: StepResult | None = None
+        for t in range(self.config.rollout_length + 1):
+            last = t == self.config.rollout_length
+            for agent in range(self.n_agents):
+                self.server.send(agent, "step", iteration, self._step_body(agent, t, previous, last))
+            if last:
+                return
+            actions = self._gather_actions(iteration, t)
+            previous = self.vector.step(actions)
+
+    def _step_body(self, agent: int, t: int, previous: StepResult | None, last: bool) -> dict:
+        body: dict = {"t": t, "last": last, "obs": self.vector.agent_observations(agent)}
+        if previous is not None:
+            body["reward"] = np.ascontiguousarray(previous.rewards[:, agent])
+            body["done"] = previous.dones
+            body["joint_action"] = previous.joint_actions
+        return body
+
+    def _gather_actions(self, iteration: int, t: int) -> np.ndarray:
+        timeout = self.config.phase_timeout if t == 0 else self.config.step_timeout
+        replies = self.server.gather("act", iteration, timeout)
+        joint = np.empty((self.config.n_envs, self.n_agents), dtype=np.int64)
+        for agent, message in replies.items():
+            joint[:, agent] = self._check_actions(agent, message)
+        return joint
+
+    def _check_actions(self, agent: int, message: Message) -> np.ndarray:
+        """Validate an agent's actions; a bad reply is a protocol error of that agent."""
+        actions = require_array(message.body, "actions", shape=(self.config.n_envs,), dtype="<i8")
+        if actions.min() < 0 or actions.max() >= self.vector.spec.action_sizes[agent]:
+            raise CodecError("bad_action", f"agent {agent} sent actions outside its action space")
+        return actions
+
+    def close(self) -> None:
+        self.events.close()
+        self.server.close()
+        self.vector.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="p2pmarl-world")
+    parser.add_argument("--run-dir", required=True)
+    parser.add_argument("--start-iteration", type=int, default=0)
+    args = parser.parse_args(argv)
+    run_dir = RunDir(args.run_dir)
+    logger = setup_process_logging(run_dir.world_log, "world")
+    config = read_run_config(run_dir.root)
+    endpoints = json.loads(run_dir.endpoints.read_text())
+    n_agents = len(endpoints["agents"])
+    world = World(run_dir, config, n_agents, endpoints["world"])
+    try:
+        world.run(args.start_iteration)
+    except (LinkTimeout, CodecError) as error:
+        logger.error("%s", error)
+        print(f"world: {error}", flush=True)
+        return 3
+    finally:
+        world.close()
+    logger.info("world finished")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The star-shaped link between the world process and the agents (not part of the peer graph).
+
+The world binds a ROUTER; each agent connects a DEALER whose identity is its agent id. Only
+observations, own rewards, done flags and joint actions go down; only actions and "ready" go up.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import zmq
+
+from p2pmarl.runtime.codec import WORLD, CodecError, Message, decode, encode
+from p2pmarl.runtime.transport import agent_of, identity_of
+
+logger = logging.getLogger(__name__)
+
+
+class LinkTimeout(TimeoutError):
+    """The other side of the world link did not answer in time."""
+
+
+class WorldServer:
+    """World side: one ROUTER socket that talks to every agent."""
+
+    def __init__(self, endpoint: str, n_agents: int, context: zmq.Context | None = None) -> None:
+        self.n_agents = n_agents
+        self.rejected: Counter[str] = Counter()
+        self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._socket.bind(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def send(self, agent: int, kind: str, round: int, body: Mapping[str, Any]) -> bool:
+        """Send to one agent; False if the agent is not connected (yet, or any more)."""
+        frame = encode(Message(kind, WORLD, agent, round, 0, body))
+        try:
+            self._socket.send_multipart([identity_of(agent), frame], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            self.rejected["agent_unreachable"] += 1
+            return False
+        return True
+
+    def gather(
+        self, kind: str, round: int, timeout: float, agents: Iterable[int] | None = None
+    ) -> dict[int, Message]:
+        """Wait for one ``kind`` message of ``round`` from each agent, or raise LinkTimeout."""
+        waiting = set(range(self.n_agents) if agents is None else agents)
+        received: dict[int, Message] = {}
+        deadline = time.monotonic() + timeout
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LinkTimeout(
+                    f"world: no {kind!r} from agents {sorted(waiting)} within {timeout:.0f} s"
+                )
+            message = self._receive(remaining)
+            if message is None:
+                continue
+            if message.kind != kind or message.round != round or message.sender not in waiting:
+                self._reject("unexpected", f"{message.kind} r{message.round} from {message.sender}")
+                continue
+            received[message.sender] = message
+            waiting.discard(message.sender)
+        return received
+
+    def _receive(self, timeout: float) -> Message | None:
+        if not self._poller.poll(max(1, int(timeout * 1000))):
+            return None
+        parts = self._socket.recv_multipart()
+        if len(parts) != 2:
+            return self._reject("bad_frames", f"{len(parts)} frames")
+        sender = agent_of(parts[0])
+        try:
+            message = decode(parts[1])
+        except CodecError as error:
+            return self._reject(error.reason, error.detail)
+        if sender is None or sender != message.sender or not 0 <= sender < self.n_agents:
+            return self._reject("spoofed_sender", f"link {parts[0]!r} claims {message.sender}")
+        return message
+
+    def _reject(self, reason: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        logger.warning("world rejected a message (%s): %s", reason, detail)
+        return None
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class WorldClient:
+    """Agent side of the world link."""
+
+    def __init__(self, endpoint: str, agent_id: int, context: zmq.Context | None = None) -> None:
+        self.agent_id = agent_id
+        self.rejected: Counter[str] = Counter()
+        self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.IDENTITY, identity_of(agent_id))
+        self._socket.connect(endpoint)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+
+    def send(self, kind: str, round: int, body: Mapping[str, Any]) -> None:
+        self._socket.send(encode(Message(kind, self.agent_id, WORLD, round, 0, body)))
+
+    def receive(self, kinds: frozenset[str], timeout: float) -> Message:
+        """Next message of one of ``kinds`` from the world, or LinkTimeout."""
+        deadline = time.monotonic() + timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not self._poller.poll(max(1, int(remaining * 1000))):
+                continue
+            frame = self._socket.recv()
+            try:
+                message = decode(frame)
+            except CodecError as error:
+                self.rejected[error.reason] += 1
+                logger.warning("agent %d rejected a world frame: %s", self.agent_id, error)
+                continue
+            if message.sender != WORLD or message.kind not in kinds:
+                self.rejected["unexpected"] += 1
+                logger.warning("agent %d ignored %s from %d", self.agent_id, message.kind,
+                               message.sender)
+                continue
+            return message
+        raise LinkTimeout(
+            f"agent {self.agent_id}: no {sorted(kinds)} from the world within {timeout:.0f} s"
+        )
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
