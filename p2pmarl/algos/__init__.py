@@ -1,4 +1,4 @@
-"""Algorithm variants, one module each, all implementing :class:`~p2pmarl.algos.base.AgentAlgorithm`.
+"""Algorithm variants, one module each, implementing `p2pmarl.algos.base.AgentAlgorithm`.
 
 The registry maps ``--algo`` names to classes and turns the run config into each variant's own
 frozen config.

@@ -52,7 +52,7 @@ class Message:
 
 
 def _encode_array(array: np.ndarray) -> msgpack.ExtType:
-    array = np.ascontiguousarray(array)
+    array = np.ascontiguousarray(array).reshape(array.shape)  # keeps 0-d arrays 0-d
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     if dtype.str not in ALLOWED_DTYPES:
         raise CodecError("bad_dtype", f"cannot send arrays of dtype {array.dtype}")
@@ -89,7 +89,7 @@ def _decode_array(code: int, data: bytes) -> np.ndarray:
         raise CodecError(
             "bad_array", f"shape {shape} of {dtype_str} needs {expected} bytes, got {len(payload)}"
         )
-    return np.frombuffer(payload, dtype=dtype).reshape(shape)
+    return np.frombuffer(payload, dtype=dtype).reshape(tuple(shape))
 
 
 def encode(message: Message) -> bytes:

@@ -8,6 +8,7 @@
       endpoints.json       where every process listens (ipc:// or tcp://)
       world.log            world diagnostics;  world.jsonl  world events (connect time, steps)
       agents/agent-I/      log.txt, metrics.jsonl, checkpoints/iter-KKKKKK.pt
+      pids.json            process id of every child, by name
       summary.json         written by the launcher at the end
 """
 
@@ -40,6 +41,10 @@ class RunDir:
     @property
     def endpoints(self) -> Path:
         return self.root / "endpoints.json"
+
+    @property
+    def pids(self) -> Path:
+        return self.root / "pids.json"
 
     @property
     def summary(self) -> Path:

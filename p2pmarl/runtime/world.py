@@ -99,7 +99,8 @@ class World:
         for t in range(self.config.rollout_length + 1):
             last = t == self.config.rollout_length
             for agent in range(self.n_agents):
-                self.server.send(agent, "step", iteration, self._step_body(agent, t, previous, last))
+                body = self._step_body(agent, t, previous, last)
+                self.server.send(agent, "step", iteration, body)
             if last:
                 return
             actions = self._gather_actions(iteration, t)

@@ -1,0 +1,871 @@
+"""MATRPO's edge-wise asynchronous ADMM (section IV-B, V-B and Appendix A-B), with no networks.
+
+Every edge e = (i, j), i < j, of the communication graph carries the consensus constraint of
+eq. (10) on the log ratios ℓ^q (eq. 20): C_e^i = +1, C_e^j = −1, C_e^q ℓ^q = z_e^q and
+z_e^i + z_e^j = 0. Each endpoint q keeps, for each of its own edges only, the estimate z_e^q and the
+dual y_e^q (:class:`EdgeState`). One *activation* of edge e runs at both endpoints (eq. 12 / 22):
+
+1. θ step: the pluggable :class:`LocalSolver` minimises q's share of the augmented Lagrangian (21)
+   given ``dual_sum`` = Σ_{e'∈E(q)} C_{e'}^q y_{e'}^q and ``estimate_sum`` = Σ_{e'∈E(q)} C_{e'}^q
+   z_{e'}^q, and proposes ℓ^q (tentative until the activation commits);
+2. exchange: each endpoint sends the other ℓ^q (float32) and y_e^q, nothing else of substance;
+3. z, y step (:func:`consensus_update`, identical at both ends), then ``solver.accept()``;
+   an aborted activation changes no edge state and calls ``solver.reject()``.
+
+Two schedules (``ADMMConfig.schedule``):
+
+* ``seeded`` replays Algorithm 1: every agent derives the same uniformly random edge sequence from
+  the shared seed and the iteration (:func:`edge_sequence`) and takes part, in order, in the
+  activations of its own edges. An activation touches only its endpoints' state and θ^q depends
+  only on q's own edges, so this equals the sequential algorithm while disjoint edges run in
+  parallel; with a deterministic solver the numbers are bitwise reproducible. A wait for the
+  partner's exchange must outlast the partner's lag behind the sequence (``message_timeout``); a
+  later exchange of the partner arriving first proves the awaited one lost and aborts at once.
+* ``async`` has no coordinator and no shared sequence. Each agent announces READY to its
+  neighbours on entering the phase (and probes a partner silent for ``message_timeout`` with READY
+  again). The lower endpoint of an edge initiates it: it picks a random open edge whose partner is
+  known to be in the phase and sends PROPOSE; a free partner answers ACCEPT, a partner engaged
+  elsewhere answers BUSY (the initiator backs off a random time on that edge and tries another).
+  An agent is in at most one activation at a time and answers BUSY to everyone while it waits, and
+  only lower ids propose to higher ids, so there is no wait cycle; edges that share no agent run
+  at the same time. To keep progress even (an edge that finishes its budget early leaves its
+  endpoints' estimates stale), an agent takes part in an activation only if that edge is at most
+  ``max_lead`` commits ahead of its least-activated open edge; the graph-wide least-activated edge
+  always qualifies at both ends, so this cannot deadlock.
+
+**Phase end rule.** An agent leaves the phase when each of its edges is *closed*. An edge closes
+at an endpoint when (async) its committed version reaches :func:`per_edge_budget`, or (seeded) the
+sequence ends; or when the edge's residuals are all at or below ``residual_tolerance`` (if set;
+both ends compute identical residuals, so they agree); or the partner sent DONE on it; or
+``max_failures`` consecutive activations on it were aborted (async: or that many READY probes
+went unanswered); or ``phase_timeout`` passed since the phase began. Closing an edge for any reason
+but the partner's DONE sends DONE to the partner. Every wait lasts at most ``message_timeout``.
+
+**Re-synchronisation rule.** One side may commit an activation whose last exchange message the
+other side never got, so the two ends can differ by one committed activation. Each state carries a
+``version`` (committed activations) and a snapshot of its previous (z, y, version). PROPOSE/ACCEPT
+(async) and EXCHANGE (both schedules) carry the sender's version; on a difference, the side that is
+ahead rolls back to its snapshot, which is exactly the other side's state, so both continue from
+the same consistent state. In async mode this happens in the handshake, before the θ step; in
+seeded mode the activation that detects it is aborted at both ends. (θ^q is recomputed from θ_old
+at every θ step, so rolling back (z, y) is enough.)
+
+Messages (``MESSAGE_KINDS``), all stamped with the batch ``fingerprint``; an activation message
+whose fingerprint differs from ours aborts that activation and is recorded (ℓ of two batches are
+never combined): ``admm_exchange`` {activation, version, fingerprint, log_ratio, dual};
+``admm_propose``/``admm_accept`` {activation, version, fingerprint}; ``admm_busy`` {activation,
+fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint}.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from p2pmarl.algos.base import PeerMessage, Peers
+from p2pmarl.runtime.codec import CodecError, require_array
+
+logger = logging.getLogger(__name__)
+
+Edge = tuple[int, int]
+"""A graph edge (i, j) with i < j; i is its initiator in async mode."""
+
+READY = "admm_ready"
+PROPOSE = "admm_propose"
+ACCEPT = "admm_accept"
+BUSY = "admm_busy"
+EXCHANGE = "admm_exchange"
+DONE = "admm_done"
+MESSAGE_KINDS = frozenset({READY, PROPOSE, ACCEPT, BUSY, EXCHANGE, DONE})
+"""Every kind of message the ADMM phase sends."""
+EXCHANGE_FIELDS = frozenset({"activation", "version", "fingerprint", "log_ratio", "dual"})
+"""The whole content of an exchange message: ids, version, fingerprint, ℓ^q and y_e^q."""
+NONDETERMINISTIC_FIELDS = frozenset({"compute_seconds", "communication_seconds", "bytes_sent"})
+"""Record fields that differ between identical seeded runs (timings; wire sizes vary with the
+transport's header sequence numbers, which heartbeats advance)."""
+POLL_SECONDS = 1e-4
+"""Receive timeout used to look for already queued messages without blocking."""
+IDLE_WAIT_SECONDS = 0.05
+"""Longest single blocking receive while an async agent has nothing to initiate."""
+
+Record = Callable[[dict[str, Any]], None]
+
+
+class LocalSolver(Protocol):
+    """Agent q's θ step, the only part of an activation that depends on the model (eq. 22).
+
+    A solver may also define ``last_stats() -> Mapping[str, float]`` (e.g. KL, line-search steps,
+    augmented Lagrangian of the last proposal); it is merged into every record as ``solver/<key>``.
+    """
+
+    def propose(self, dual_sum: np.ndarray, estimate_sum: np.ndarray, degree: int) -> np.ndarray:
+        """Minimise q's share of the augmented Lagrangian (21) from θ_old; return ℓ^q (N×M).
+
+        ``dual_sum`` = Σ_{e∈E(q)} C_e^q y_e^q, ``estimate_sum`` = Σ_{e∈E(q)} C_e^q z_e^q and
+        ``degree`` = |E(q)| are those of eq. (44)-(45). The proposal is tentative.
+        """
+        ...
+
+    def accept(self) -> None:
+        """Commit the last proposal's θ (the activation completed)."""
+        ...
+
+    def reject(self) -> None:
+        """Discard the last proposal's θ (the activation was aborted)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ADMMConfig:
+    """Settings of one agent's ADMM phase; all agents of a run must use the same values."""
+
+    beta: float = 1.0
+    """Penalty β of the augmented Lagrangian (eq. 21); paper: 1 for N = 3, 6 and 5 for N = 8, 12."""
+    budget: int = 100
+    """Edge activations per training iteration, whole graph (the paper's ADMM iterations)."""
+    schedule: Literal["async", "seeded"] = "seeded"
+    """``seeded``: replay Algorithm 1's random edge sequence; ``async``: edges self-activate."""
+    seed: int = 0
+    """Seed shared by all agents; with the iteration it fixes the seeded edge sequence."""
+    initial_dual: float = 0.0
+    """Value of every dual y_e^q when a phase starts (the reference implementation used 1)."""
+    residual_tolerance: float = 0.0
+    """Close an edge once all its residuals are at or below this value; 0 turns the test off."""
+    message_timeout: float = 5.0
+    """Seconds a wait for one neighbour's message lasts (seeded: must cover the partner's lag)."""
+    phase_timeout: float = 120.0
+    """Seconds after which an agent leaves the phase, whatever the state of its edges."""
+    max_failures: int = 10
+    """Consecutive aborted activations (or unanswered announcements) before an edge is given up."""
+    backoff: float = 0.01
+    """Upper bound (s) of an async initiator's random pause on an edge after a BUSY answer."""
+    max_lead: int = 1
+    """Async: commits an edge may lead the least-activated open edge of the agent and still run."""
+
+    def __post_init__(self) -> None:
+        if not self.beta > 0:
+            raise ValueError(f"ADMMConfig.beta must be > 0, got {self.beta}")
+        if self.budget < 0:
+            raise ValueError(f"ADMMConfig.budget must be >= 0, got {self.budget}")
+        if self.schedule not in ("async", "seeded"):
+            raise ValueError(
+                f"ADMMConfig.schedule must be 'async' or 'seeded', not {self.schedule!r}"
+            )
+        if self.residual_tolerance < 0:
+            raise ValueError("ADMMConfig.residual_tolerance must be >= 0 (0 turns it off)")
+        for name in ("message_timeout", "phase_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"ADMMConfig.{name} must be > 0 seconds")
+        if self.max_failures < 1:
+            raise ValueError("ADMMConfig.max_failures must be >= 1")
+        if self.backoff < 0:
+            raise ValueError("ADMMConfig.backoff must be >= 0 seconds")
+        if self.max_lead < 0:
+            raise ValueError("ADMMConfig.max_lead must be >= 0")
+
+
+# -- the closed-form z, y step ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConsensusStep:
+    """Result of the z, y step at one endpoint, with the edge's residuals (RMS over N×M)."""
+
+    estimate: np.ndarray
+    """New z_e^q."""
+    dual: np.ndarray
+    """New y_e^q = ν_e."""
+    disagreement_rms: float
+    """RMS of ℓ^i − ℓ^j, what consensus drives to zero."""
+    primal_rms: float
+    """RMS of C_e^q ℓ^q − z_e^q over both endpoints q (constraint of eq. 10)."""
+    dual_rms: float
+    """RMS of β (z_e^{q,new} − z_e^{q,old})."""
+
+
+def consensus_update(
+    sign: int,
+    estimate: np.ndarray,
+    dual: np.ndarray,
+    partner_dual: np.ndarray,
+    log_ratio: np.ndarray,
+    partner_log_ratio: np.ndarray,
+    beta: float,
+) -> ConsensusStep:
+    """The z, y step of eq. (22) (proof: eq. 53-62) at the endpoint with sign C_e^q = ``sign``.
+
+    ν = ½(y_e^i + y_e^j) + (β/2)(ℓ^i − ℓ^j); z_e^q = (y_e^q − ν)/β + C_e^q ℓ^q; y_e^q = ν.
+    Everything is computed in the lower endpoint i's frame and z_e^j is stored as −z_e^i, which
+    equals (y_e^j − ν)/β − ℓ^j exactly in real arithmetic; so both ends, given the same inputs,
+    get bitwise identical y, opposite z (eq. 9b holds exactly) and identical residuals.
+    """
+    if sign not in (1, -1):
+        raise ValueError(f"sign C_e^q must be +1 or -1, got {sign}")
+    own = (np.asarray(dual, np.float32), np.asarray(log_ratio, np.float32))
+    other = (np.asarray(partner_dual, np.float32), np.asarray(partner_log_ratio, np.float32))
+    (dual_low, ratio_low), (dual_high, ratio_high) = (own, other) if sign == 1 else (other, own)
+    beta32 = np.float32(beta)
+    nu = np.float32(0.5) * (dual_low + dual_high) + (beta32 / np.float32(2)) * (
+        ratio_low - ratio_high
+    )
+    estimate_low = (dual_low - nu) / beta32 + ratio_low
+    new_estimate = estimate_low if sign == 1 else -estimate_low
+    primal = np.concatenate(
+        [(ratio_low - estimate_low).ravel(), (estimate_low - ratio_high).ravel()]
+    )
+    return ConsensusStep(
+        estimate=new_estimate,
+        dual=nu,
+        disagreement_rms=_rms(ratio_low - ratio_high),
+        primal_rms=_rms(primal),
+        dual_rms=float(beta) * _rms(new_estimate - np.asarray(estimate, np.float32)),
+    )
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values, dtype=np.float64)))) if values.size else 0.0
+
+
+# -- per-edge state ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EdgeSnapshot:
+    """(z, y, version) of an edge state before its last committed activation."""
+
+    estimate: np.ndarray
+    dual: np.ndarray
+    version: int
+
+
+@dataclass
+class EdgeState:
+    """What endpoint ``agent`` keeps for one of its own edges: z_e^q, y_e^q and their version."""
+
+    edge: Edge
+    agent: int
+    estimate: np.ndarray
+    """z_e^q, float32 of the log-ratio shape."""
+    dual: np.ndarray
+    """y_e^q, float32 of the log-ratio shape."""
+    version: int = 0
+    """Committed activations of this edge in this phase."""
+    snapshot: EdgeSnapshot | None = None
+    """State before the last commit, for the re-synchronisation rule."""
+
+    @classmethod
+    def fresh(
+        cls, edge: Edge, agent: int, shape: tuple[int, ...], initial_dual: float = 0.0
+    ) -> EdgeState:
+        """Start-of-phase state: z = 0, y = ``initial_dual``."""
+        if agent not in edge:
+            raise ValueError(f"agent {agent} is not an endpoint of edge {edge}")
+        return cls(
+            edge=edge,
+            agent=agent,
+            estimate=np.zeros(shape, np.float32),
+            dual=np.full(shape, initial_dual, np.float32),
+        )
+
+    @property
+    def sign(self) -> int:
+        """C_e^q: +1 at the lower endpoint, −1 at the higher one."""
+        return 1 if self.agent == self.edge[0] else -1
+
+    @property
+    def partner(self) -> int:
+        """The other endpoint."""
+        return self.edge[1] if self.agent == self.edge[0] else self.edge[0]
+
+    def commit(self, estimate: np.ndarray, dual: np.ndarray) -> None:
+        """Apply a completed activation, keeping the previous state as the snapshot."""
+        self.snapshot = EdgeSnapshot(self.estimate, self.dual, self.version)
+        self.estimate, self.dual = estimate, dual
+        self.version += 1
+
+    def resynchronise(self, partner_version: int) -> bool:
+        """Apply the re-synchronisation rule against the partner's version.
+
+        If we are one committed activation ahead, roll back to the snapshot (the partner's state).
+        Returns True when both ends are now at the same version, False when the partner is ahead
+        (it rolls back on its side) or the states cannot be reconciled.
+        """
+        snapshot = self.snapshot
+        if self.version > partner_version and snapshot and snapshot.version == partner_version:
+            self.estimate, self.dual, self.version = (
+                snapshot.estimate,
+                snapshot.dual,
+                snapshot.version,
+            )
+            self.snapshot = None
+        return self.version == partner_version
+
+
+# -- schedules --------------------------------------------------------------------------------
+
+
+def per_edge_budget(budget: int, n_edges: int) -> int:
+    """Committed activations per edge in async mode: ⌈budget / |E|⌉ (seeded mean, rounded up)."""
+    if n_edges <= 0 or budget <= 0:
+        return 0
+    return math.ceil(budget / n_edges)
+
+
+def edge_sequence(edges: Sequence[Edge], budget: int, seed: int, iteration: int) -> list[Edge]:
+    """Algorithm 1's sequence of ``budget`` uniformly random edges, the same at every agent."""
+    if not edges or budget <= 0:
+        return []
+    generator = np.random.Generator(np.random.PCG64([seed, iteration]))
+    picks = generator.integers(0, len(edges), size=budget)
+    return [edges[int(k)] for k in picks]
+
+
+def normalise_edges(edges: Iterable[Sequence[int]]) -> list[Edge]:
+    """Sorted list of distinct (i, j) pairs with i < j; raises ValueError on self-loops."""
+    result: set[Edge] = set()
+    for pair in edges:
+        i, j = (int(v) for v in pair)
+        if i == j:
+            raise ValueError(f"edge ({i}, {j}) is a self-loop; the topology must have none")
+        result.add((min(i, j), max(i, j)))
+    return sorted(result)
+
+
+# -- one agent's phase ------------------------------------------------------------------------
+
+
+@dataclass
+class _Activation:
+    """Bookkeeping of one activation at this agent."""
+
+    edge: Edge
+    activation: int
+    role: str
+    started: float = field(default_factory=time.perf_counter)
+    compute_seconds: float = 0.0
+    bytes_sent: int = 0
+    proposed: bool = False
+    version: int = 0
+    solver_stats: dict[str, float] = field(default_factory=dict)
+
+
+class ADMMPhase:
+    """One agent's ADMM phase of one training iteration; :meth:`run` executes it once.
+
+    ``states`` holds this agent's :class:`EdgeState` per own edge (inspectable after the run).
+    """
+
+    def __init__(
+        self,
+        peers: Peers,
+        solver: LocalSolver,
+        edges: Iterable[Sequence[int]],
+        shape: tuple[int, ...],
+        config: ADMMConfig,
+        fingerprint: str,
+        record: Record | None = None,
+    ) -> None:
+        self.peers = peers
+        self.solver = solver
+        self.config = config
+        self.fingerprint = fingerprint
+        self.shape = tuple(shape)
+        self.agent = peers.agent_id
+        self.iteration = peers.iteration
+        self.edges = normalise_edges(edges)
+        self._record_sink = record
+        own = [edge for edge in self.edges if self.agent in edge]
+        self.states: dict[Edge, EdgeState] = {
+            edge: EdgeState.fresh(edge, self.agent, self.shape, config.initial_dual) for edge in own
+        }
+        self._edge_of = {state.partner: edge for edge, state in self.states.items()}
+        strangers = sorted(set(self._edge_of) - set(peers.neighbours))
+        if strangers:
+            raise ValueError(
+                f"agent {self.agent}: edges to {strangers} but its neighbours are "
+                f"{list(peers.neighbours)}; the edge list and the transport's topology disagree"
+            )
+        self.closed: dict[Edge, str] = {}
+        """Why each closed edge was closed (budget, converged, partner_done, failures...)."""
+        self._failures: Counter[Edge] = Counter()
+        self._heard: set[int] = set()
+        self._last_step: dict[Edge, ConsensusStep] = {}
+        self._counts: Counter[str] = Counter()
+        self._sums: Counter[str] = Counter()
+        self._rng = np.random.default_rng([config.seed, self.iteration, self.agent])
+        self._deadline = 0.0
+        # async
+        self._busy_until: dict[Edge, float] = {}
+        self._hold_until = 0.0
+        self._turned_away = False
+        self._started = 0.0
+        self._last_heard: dict[int, float] = {}
+        self._next_probe: dict[int, float] = {}
+        self._probes: Counter[int] = Counter()
+        self._next_activation = 0
+        # seeded
+        self._buffer: dict[tuple[int, int], PeerMessage] = {}
+        self._latest_from: dict[int, int] = {}
+        self._position = -1
+
+    @property
+    def degree(self) -> int:
+        """|E(q)|."""
+        return len(self.states)
+
+    def run(self) -> dict[str, float]:
+        """Run the phase until every own edge is closed; return summary stats."""
+        started = self._started = time.monotonic()
+        self._deadline = started + self.config.phase_timeout
+        if self.states:
+            if self.config.schedule == "seeded":
+                self._run_seeded()
+            else:
+                self._run_async()
+        for edge in self.states:
+            if edge not in self.closed:
+                reason = "phase_timeout" if self._past_deadline() else "sequence_end"
+                self._close(edge, reason, notify=reason == "phase_timeout")
+        return self._summary(time.monotonic() - started)
+
+    # -- seeded schedule ------------------------------------------------------------------------
+    def _run_seeded(self) -> None:
+        sequence = edge_sequence(self.edges, self.config.budget, self.config.seed, self.iteration)
+        for index, edge in enumerate(sequence):
+            if self._past_deadline() or len(self.closed) == len(self.states):
+                return
+            if edge not in self.states or edge in self.closed:
+                continue
+            self._position = index
+            act = _Activation(edge, index, "seeded", version=self.states[edge].version)
+            log_ratio = self._theta_step(act)
+            message, reason = self._exchange(act, log_ratio)
+            self._finish(act, log_ratio, message, reason)
+
+    # -- async schedule -------------------------------------------------------------------------
+    def _run_async(self) -> None:
+        for partner in self._edge_of:
+            self._send(partner, READY, reply=0)
+        while len(self.closed) < len(self.states) and not self._past_deadline():
+            self._probe_silent()
+            message = self._receive(POLL_SECONDS)
+            if message is not None:
+                self._handle_idle(message)
+                continue
+            edge = self._pick_edge()
+            if edge is not None:
+                self._initiate(edge)
+                continue
+            message = self._receive(self._idle_wait())
+            if message is not None:
+                self._handle_idle(message)
+
+    def _pick_edge(self) -> Edge | None:
+        now = time.monotonic()
+        if now < self._hold_until:
+            return None
+        candidates = [
+            edge
+            for edge, state in self.states.items()
+            if state.sign == 1
+            and edge not in self.closed
+            and state.partner in self._heard
+            and self._busy_until.get(edge, 0.0) <= now
+            and self._within_lead(edge)
+        ]
+        if not candidates:
+            return None
+        return candidates[int(self._rng.integers(len(candidates)))]
+
+    def _within_lead(self, edge: Edge) -> bool:
+        """Even progress: ``edge`` is at most ``max_lead`` commits ahead of the least-activated
+        open edge whose partner is in the phase (that edge, graph-wide, always qualifies)."""
+        counts = [
+            state.version
+            for other, state in self.states.items()
+            if other not in self.closed and state.partner in self._heard
+        ]
+        return not counts or self.states[edge].version <= min(counts) + self.config.max_lead
+
+    def _idle_wait(self) -> float:
+        now = time.monotonic()
+        wakeups = [self._deadline, self._hold_until, now + IDLE_WAIT_SECONDS]
+        wakeups += list(self._busy_until.values()) + list(self._next_probe.values())
+        return max(POLL_SECONDS, min(t for t in wakeups if t > now) - now)
+
+    def _probe_silent(self) -> None:
+        """Send READY to partners of open edges silent for message_timeout; give up after
+        ``max_failures`` unanswered probes (a partner that closed the edge answers DONE)."""
+        now = time.monotonic()
+        for partner, edge in self._edge_of.items():
+            if edge in self.closed or now < self._next_probe.get(partner, 0.0):
+                continue
+            if now - self._last_heard.get(partner, self._started) < self.config.message_timeout:
+                continue
+            if self._probes[partner] >= self.config.max_failures:
+                self._close(edge, "partner_silent")
+                continue
+            self._probes[partner] += 1
+            self._next_probe[partner] = now + self.config.message_timeout
+            self._send(partner, READY, reply=0)
+
+    def _handle_idle(self, message: PeerMessage) -> None:
+        if message.kind != PROPOSE:
+            self._counts["stale_messages"] += 1
+            return
+        edge = self._edge_of[message.sender]
+        activation = _int_field(message.body, "activation")
+        partner_version = _int_field(message.body, "version")
+        if activation is None or partner_version is None or self.states[edge].sign != -1:
+            self._counts["bad_messages"] += 1
+            return
+        if edge in self.closed:
+            self._send(message.sender, DONE)
+            return
+        act = _Activation(edge, activation, "responder", version=self.states[edge].version)
+        if message.body.get("fingerprint") != self.fingerprint:
+            act.bytes_sent += self._send(message.sender, BUSY, activation=activation)
+            self._abort(act, "fingerprint_mismatch")
+        elif not self._within_lead(edge):
+            self._send(message.sender, BUSY, activation=activation)
+        else:
+            self._respond(act, partner_version)
+
+    def _initiate(self, edge: Edge) -> None:
+        state = self.states[edge]
+        self._next_activation += 1
+        act = _Activation(edge, self._next_activation, "initiator", version=state.version)
+        act.bytes_sent += self._send(
+            state.partner, PROPOSE, activation=act.activation, version=state.version
+        )
+        answer, reason = self._await(state.partner, frozenset({ACCEPT, BUSY}), act.activation)
+        if answer is None:
+            self._abort(act, reason)
+        elif answer.body.get("fingerprint") != self.fingerprint:
+            self._abort(act, "fingerprint_mismatch")
+        elif answer.kind == BUSY:
+            self._counts["busy_answers"] += 1
+            pause = float(self._rng.uniform(0.0, self.config.backoff))
+            self._busy_until[edge] = time.monotonic() + pause
+        else:
+            partner_version = _int_field(answer.body, "version")
+            if partner_version is None or not self._resynchronise(state, partner_version):
+                self._abort(act, "version_mismatch")
+            else:
+                act.version = state.version
+                log_ratio = self._theta_step(act)
+                message, reason = self._exchange(act, log_ratio)
+                self._finish(act, log_ratio, message, reason)
+        self._after_activation()
+
+    def _respond(self, act: _Activation, partner_version: int) -> None:
+        state = self.states[act.edge]
+        self._resynchronise(state, partner_version)
+        act.version = state.version
+        act.bytes_sent += self._send(
+            state.partner, ACCEPT, activation=act.activation, version=state.version
+        )
+        log_ratio = self._theta_step(act)
+        message, reason = self._exchange(act, log_ratio)
+        self._finish(act, log_ratio, message, reason)
+        self._after_activation()
+
+    def _after_activation(self) -> None:
+        """Stay free for one back-off interval if we turned a proposer away (fairness)."""
+        if self._turned_away:
+            self._hold_until = time.monotonic() + self.config.backoff
+            self._turned_away = False
+
+    # -- one activation -------------------------------------------------------------------------
+    def _theta_step(self, act: _Activation) -> np.ndarray:
+        """Eq. (22) θ step through the solver, from the current (z, y) of all own edges."""
+        dual_sum = np.zeros(self.shape, np.float32)
+        estimate_sum = np.zeros(self.shape, np.float32)
+        for state in self.states.values():
+            dual_sum += state.sign * state.dual
+            estimate_sum += state.sign * state.estimate
+        started = time.perf_counter()
+        proposal = self.solver.propose(dual_sum, estimate_sum, self.degree)
+        act.compute_seconds += time.perf_counter() - started
+        act.proposed = True
+        act.solver_stats = _solver_stats(self.solver)
+        log_ratio = np.asarray(proposal, dtype=np.float32)
+        if log_ratio.shape != self.shape:
+            raise ValueError(
+                f"agent {self.agent}: solver proposed a log ratio of shape {log_ratio.shape}, "
+                f"expected {self.shape}"
+            )
+        if not np.isfinite(log_ratio).all():
+            raise ValueError(f"agent {self.agent}: solver proposed a non-finite log ratio")
+        return log_ratio
+
+    def _exchange(self, act: _Activation, log_ratio: np.ndarray) -> tuple[PeerMessage | None, str]:
+        state = self.states[act.edge]
+        act.bytes_sent += self._send(
+            state.partner,
+            EXCHANGE,
+            activation=act.activation,
+            version=state.version,
+            log_ratio=log_ratio,
+            dual=state.dual,
+        )
+        return self._await(state.partner, frozenset({EXCHANGE}), act.activation)
+
+    def _finish(
+        self, act: _Activation, log_ratio: np.ndarray, message: PeerMessage | None, reason: str
+    ) -> None:
+        """z, y step of eq. (22) on a valid partner exchange; otherwise abort the activation."""
+        if message is None:
+            self._abort(act, reason)
+            return
+        if message.body.get("fingerprint") != self.fingerprint:
+            self._abort(act, "fingerprint_mismatch")
+            return
+        state = self.states[act.edge]
+        partner_version = _int_field(message.body, "version")
+        if partner_version is None or partner_version != state.version:
+            if partner_version is not None:
+                self._resynchronise(state, partner_version)
+            self._abort(act, "version_mismatch")
+            return
+        try:
+            partner_ratio = require_array(message.body, "log_ratio", shape=self.shape, dtype="<f4")
+            partner_dual = require_array(message.body, "dual", shape=self.shape, dtype="<f4")
+        except CodecError as error:
+            self._abort(act, f"bad_message:{error.reason}")
+            return
+        step = consensus_update(
+            state.sign,
+            state.estimate,
+            state.dual,
+            partner_dual,
+            log_ratio,
+            partner_ratio,
+            self.config.beta,
+        )
+        state.commit(step.estimate, step.dual)
+        self.solver.accept()
+        self._failures[act.edge] = 0
+        self._last_step[act.edge] = step
+        self._emit(act, "committed", "", step)
+        self._close_if_finished(act.edge, step)
+
+    def _abort(self, act: _Activation, reason: str) -> None:
+        if act.proposed:
+            self.solver.reject()
+        self._failures[act.edge] += 1
+        self._emit(act, "aborted", reason, None)
+        if act.edge not in self.closed and self._failures[act.edge] >= self.config.max_failures:
+            self._close(act.edge, "failures")
+
+    def _close_if_finished(self, edge: Edge, step: ConsensusStep) -> None:
+        if edge in self.closed:
+            return
+        tolerance = self.config.residual_tolerance
+        residuals = (step.disagreement_rms, step.primal_rms, step.dual_rms)
+        if tolerance > 0 and max(residuals) <= tolerance:
+            self._close(edge, "converged")
+        elif self.config.schedule == "async" and self.states[edge].version >= per_edge_budget(
+            self.config.budget, len(self.edges)
+        ):
+            self._close(edge, "budget")
+
+    def _resynchronise(self, state: EdgeState, partner_version: int) -> bool:
+        before = state.version
+        agreed = state.resynchronise(partner_version)
+        if state.version != before:
+            self._counts["resynchronisations"] += 1
+            logger.info(
+                "agent %d: edge %s rolled back from version %d to %d",
+                self.agent,
+                state.edge,
+                before,
+                state.version,
+            )
+        return agreed
+
+    # -- messages -------------------------------------------------------------------------------
+    def _send(self, partner: int, kind: str, **fields: Any) -> int:
+        body = {**fields, "fingerprint": self.fingerprint}
+        result: object = self.peers.send(partner, kind, body)
+        sent = result if isinstance(result, int) else 0
+        self._sums["bytes_sent"] += sent
+        return sent
+
+    def _receive(self, timeout: float) -> PeerMessage | None:
+        """Next ADMM message that needs the caller; READY and DONE are handled here."""
+        message = self.peers.receive(timeout, MESSAGE_KINDS)
+        if message is None:
+            return None
+        edge = self._edge_of.get(message.sender)
+        if edge is None:
+            self._counts["stale_messages"] += 1
+            return None
+        self._heard.add(message.sender)
+        self._last_heard[message.sender] = time.monotonic()
+        self._probes[message.sender] = 0
+        if message.body.get("fingerprint") != self.fingerprint:
+            self._counts["fingerprint_mismatch_messages"] += 1
+        if message.kind == READY:
+            if edge in self.closed:
+                self._send(message.sender, DONE)
+            elif not message.body.get("reply"):
+                self._send(message.sender, READY, reply=1)
+            return None
+        if message.kind == DONE:
+            if edge not in self.closed:
+                self._close(edge, "partner_done", notify=False)
+            return None
+        return message
+
+    def _await(
+        self, partner: int, kinds: frozenset[str], activation: int
+    ) -> tuple[PeerMessage | None, str]:
+        """Wait (≤ message_timeout) for ``partner``'s message of ``kinds`` about ``activation``.
+
+        Meanwhile PROPOSEs are answered BUSY and (seeded) other exchanges are kept for later.
+        Returns the message and "", or None and why: timeout, phase_timeout, partner_done,
+        partner_ahead (seeded: a later exchange of the partner came first, so this one was lost).
+        """
+        edge = self._edge_of[partner]
+        kept = self._buffer.pop((partner, activation), None)
+        if kept is not None and kept.kind in kinds:
+            return kept, ""
+        limit = min(time.monotonic() + self.config.message_timeout, self._deadline)
+        while True:
+            if edge in self.closed:
+                return None, "partner_done"
+            if self._latest_from.get(partner, -1) > activation:
+                return None, "partner_ahead"
+            remaining = limit - time.monotonic()
+            if remaining <= 0:
+                return None, "phase_timeout" if limit >= self._deadline else "timeout"
+            message = self._receive(remaining)
+            if message is None:
+                continue
+            if (
+                message.sender == partner
+                and message.kind in kinds
+                and _int_field(message.body, "activation") == activation
+            ):
+                return message, ""
+            self._handle_engaged(message)
+
+    def _handle_engaged(self, message: PeerMessage) -> None:
+        """A message that is not the one awaited, while this agent is engaged."""
+        activation = _int_field(message.body, "activation")
+        if message.kind == PROPOSE and activation is not None:
+            self._send(message.sender, BUSY, activation=activation)
+            self._turned_away = True
+        elif (
+            self.config.schedule == "seeded"
+            and message.kind == EXCHANGE
+            and activation is not None
+            and activation > self._position
+        ):
+            self._buffer[(message.sender, activation)] = message
+            latest = self._latest_from.get(message.sender, -1)
+            self._latest_from[message.sender] = max(latest, activation)
+        else:
+            self._counts["stale_messages"] += 1
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _close(self, edge: Edge, reason: str, notify: bool = True) -> None:
+        self.closed[edge] = reason
+        if notify:
+            self._send(self.states[edge].partner, DONE)
+
+    def _past_deadline(self) -> bool:
+        return time.monotonic() >= self._deadline
+
+    def _emit(self, act: _Activation, status: str, reason: str, step: ConsensusStep | None) -> None:
+        wall = time.perf_counter() - act.started
+        self._counts[status] += 1
+        if reason == "fingerprint_mismatch":
+            self._counts["fingerprint_mismatches"] += 1
+        self._sums["compute_seconds"] += act.compute_seconds
+        self._sums["communication_seconds"] += wall - act.compute_seconds
+        if step is not None:
+            self._sums["disagreement_rms"] += step.disagreement_rms
+            self._sums["primal_rms"] += step.primal_rms
+            self._sums["dual_rms"] += step.dual_rms
+        nan = float("nan")
+        entry: dict[str, Any] = {
+            "iteration": self.iteration,
+            "agent": self.agent,
+            "activation": act.activation,
+            "edge": list(act.edge),
+            "role": act.role,
+            "status": status,
+            "reason": reason,
+            "version": act.version,
+            "disagreement_rms": step.disagreement_rms if step else nan,
+            "primal_rms": step.primal_rms if step else nan,
+            "dual_rms": step.dual_rms if step else nan,
+            "compute_seconds": act.compute_seconds,
+            "communication_seconds": wall - act.compute_seconds,
+            "bytes_sent": act.bytes_sent,
+        }
+        entry.update(act.solver_stats)
+        if self._record_sink is not None:
+            self._record_sink(entry)
+
+    def _summary(self, seconds: float) -> dict[str, float]:
+        committed = self._counts["committed"]
+        nan = float("nan")
+        final = [step.disagreement_rms for step in self._last_step.values()]
+        stats = {
+            "admm/activations": float(committed),
+            "admm/aborted": float(self._counts["aborted"]),
+            "admm/fingerprint_mismatches": float(self._counts["fingerprint_mismatches"]),
+            "admm/resynchronisations": float(self._counts["resynchronisations"]),
+            "admm/busy_answers": float(self._counts["busy_answers"]),
+            "admm/stale_messages": float(self._counts["stale_messages"]),
+            "admm/edges_converged": float(sum(r == "converged" for r in self.closed.values())),
+            "admm/final_disagreement": float(np.mean(final)) if final else nan,
+            "admm/phase_seconds": seconds,
+            "admm/compute_seconds": self._sums["compute_seconds"],
+            "admm/communication_seconds": self._sums["communication_seconds"],
+            "admm/bytes_sent": float(self._sums["bytes_sent"]),
+        }
+        for name in ("disagreement", "primal", "dual"):
+            total = self._sums[f"{name}_rms"]
+            stats[f"admm/{name}_residual"] = total / committed if committed else nan
+        return stats
+
+
+def run_admm_phase(
+    peers: Peers,
+    solver: LocalSolver,
+    edges: Iterable[Sequence[int]],
+    shape: tuple[int, ...],
+    config: ADMMConfig,
+    fingerprint: str,
+    record: Record | None = None,
+) -> dict[str, float]:
+    """Run one agent's ADMM phase of one training iteration (Algorithm 1's inner loop, eq. 22).
+
+    ``edges`` are all edges of the graph (every agent must pass the same list); ``shape`` is that
+    of ℓ^q (N×M); ``record`` receives one dict per committed or aborted activation. Returns
+    summary stats under ``admm/`` keys. See the module docstring for the schedules and rules.
+    """
+    return ADMMPhase(peers, solver, edges, shape, config, fingerprint, record).run()
+
+
+def _int_field(body: Mapping[str, Any], key: str) -> int | None:
+    value = body.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _solver_stats(solver: LocalSolver) -> dict[str, float]:
+    last_stats = getattr(solver, "last_stats", None)
+    if last_stats is None:
+        return {}
+    return {f"solver/{key}": float(value) for key, value in last_stats().items()}

@@ -1,0 +1,177 @@
+"""Real multi-process runs: completion, Ctrl-C, a dying agent, resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import processes_mentioning
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = [
+    "--topology", str(REPO / "topologies/ring3.yaml"), "--env", "spread", "--algo", "itrpo",
+    "--steps-per-iteration", "64", "--n-envs", "4", "--episode-length", "8", "--no-progress",
+]
+
+
+def p2pmarl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "p2pmarl", *args], capture_output=True, text=True,
+        timeout=timeout, cwd=REPO,
+    )
+
+
+def only_run_dir(out: Path) -> Path:
+    runs = [p for p in out.iterdir() if p.is_dir()]
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def test_three_agent_launch_completes_and_leaves_a_run_directory(no_leaked_processes):
+    out = no_leaked_processes
+    result = p2pmarl("launch", *TINY, "--iterations", "2", "--seed", "3", "--out", str(out))
+    assert result.returncode == 0, result.stderr + result.stdout
+    run = only_run_dir(out)
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert (summary["algo"], summary["env"], summary["n_agents"]) == ("itrpo", "spread", 3)
+    assert summary["iterations"] == 2
+    assert summary["env_steps"] == 2 * 64
+    assert [a["id"] for a in summary["agents"]] == [0, 1, 2]
+    assert all(isinstance(a["return"], float) for a in summary["agents"])
+    assert summary["team_return"] == pytest.approx(sum(a["return"] for a in summary["agents"]))
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["seed"] == 3 and len(config["seeds"]["agents"]) == 3
+    assert json.loads((run / "topology.json").read_text())["nodes"]
+    for agent in range(3):
+        rows = (run / f"agents/agent-{agent}/metrics.jsonl").read_text().splitlines()
+        iterations = [json.loads(r) for r in rows if '"iteration"' in r]
+        assert [r["iteration"] for r in iterations] == [0, 1]
+        assert "train/kl" in iterations[-1]
+        assert (run / f"agents/agent-{agent}/checkpoints/iter-000002.pt").exists()
+    assert str(run) in result.stdout
+
+
+def test_same_seed_same_numbers(no_leaked_processes):
+    out = no_leaked_processes
+    returns = []
+    for name in ("a", "b"):
+        result = p2pmarl("launch", *TINY, "--iterations", "2", "--seed", "5",
+                         "--out", str(out / name), "--json")
+        assert result.returncode == 0, result.stderr
+        returns.append(json.loads(result.stdout)["team_return_curve"])
+    assert returns[0] == returns[1]
+
+
+def test_resume_continues_from_checkpoints(no_leaked_processes):
+    out = no_leaked_processes
+    first = p2pmarl("launch", *TINY, "--iterations", "2", "--checkpoint-every", "1",
+                    "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    run = only_run_dir(out)
+    again = p2pmarl("launch", "--resume", str(run), "--iterations", "3", "--no-progress")
+    assert again.returncode == 0, again.stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["iterations"] == 3 and summary["status"] == "completed"
+    assert (run / "agents/agent-0/checkpoints/iter-000003.pt").exists()
+
+
+def _start(out: Path, iterations: int) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "p2pmarl", "launch", *TINY, "--iterations", str(iterations),
+         "--steps-per-iteration", "4000", "--out", str(out)],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )
+
+
+def _wait_for_rollout(out: Path, timeout: float = 60) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = list(out.glob("*/world.jsonl")) if out.exists() else []
+        if runs and "connected" in runs[0].read_text():
+            return runs[0].parent
+        time.sleep(0.2)
+    raise AssertionError("the run never connected")
+
+
+def test_ctrl_c_stops_every_process_within_seconds(no_leaked_processes):
+    out = no_leaked_processes
+    launcher = _start(out, iterations=50)
+    try:
+        run = _wait_for_rollout(out)
+        time.sleep(1.0)
+        launcher.send_signal(signal.SIGINT)
+        started = time.monotonic()
+        code = launcher.wait(timeout=15)
+        assert time.monotonic() - started < 8
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert code == 130
+    assert json.loads((run / "summary.json").read_text())["status"] == "interrupted"
+    assert _alive(json.loads((run / "pids.json").read_text()).values()) == []
+
+
+def _alive(pids) -> list[int]:
+    return [pid for pid in pids if pid in processes_mentioning("p2pmarl")]
+
+
+def test_a_dying_agent_is_named_and_everything_stops(no_leaked_processes):
+    out = no_leaked_processes
+    launcher = _start(out, iterations=50)
+    try:
+        run = _wait_for_rollout(out)
+        victim = json.loads((run / "pids.json").read_text())["agent 1"]
+        os.kill(victim, signal.SIGKILL)
+        _, stderr = launcher.communicate(timeout=30)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 1
+    assert "agent 1 was killed by signal SIGKILL" in stderr
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["failed_process"] == "agent 1"
+    assert _alive(json.loads((run / "pids.json").read_text()).values()) == []
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--topology", "PAIR", "--env", "treasure"], "has 2 agents"),
+        (["--topology", "missing.yaml"], "missing.yaml"),
+        (["--algo", "nonsense"], "unknown algorithm 'nonsense'"),
+        (["--iterations", "0"], "iterations must be ≥ 1"),
+    ],
+)
+def test_bad_input_is_a_clear_error(args, expected, tmp_path):
+    pair = tmp_path / "pair.yaml"
+    pair.write_text("edges: [[0, 1]]\n")
+    out = tmp_path / "runs"
+    args = [str(pair) if a == "PAIR" else a for a in args]
+    result = p2pmarl("launch", *TINY, "--out", str(out), *args, timeout=60)
+    assert result.returncode == 2
+    assert expected in result.stderr
+    assert not out.exists()
+
+
+def test_experiment_file_with_override(tmp_path, no_leaked_processes):
+    experiment = tmp_path / "exp.yaml"
+    experiment.write_text(
+        f"topology: {REPO / 'topologies/ring3.yaml'}\nenv: spread\nalgo: itrpo\n"
+        "iterations: 5\nsteps-per-iteration: 64\nn_envs: 4\nepisode_length: 8\n"
+    )
+    result = p2pmarl("launch", str(experiment), "--iterations", "1", "--out",
+                     str(no_leaked_processes), "--no-progress", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["iterations"] == 1
+    experiment.write_text("iterations: five\n")
+    bad = p2pmarl("launch", str(experiment), "--out", str(no_leaked_processes))
+    assert bad.returncode == 2 and "iterations must be int" in bad.stderr
