@@ -29,6 +29,8 @@ _FLAG_HELP = {
     "admm_schedule": "async or seeded",
     "linearized_log_ratio": "exchange J·(θ−θ_old) instead of the true log ratio",
     "initial_dual": "initial ADMM dual value",
+    "admm_message_timeout": "seconds to wait for a neighbour's ADMM message",
+    "fisher_subsample": "use every k-th sample in Fisher-vector products",
     "connect_timeout": "seconds for processes to start and connect",
     "step_timeout": "seconds the world waits for an action",
     "phase_timeout": "seconds the world waits for agents to finish learning",

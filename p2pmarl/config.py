@@ -55,6 +55,11 @@ class RunConfig:
     """Exchange the paper's J·(θ−θ_old) instead of the true log ratio (eq. 22)."""
     initial_dual: float = 0.0
     """Initial value of every edge dual y at the start of an ADMM phase."""
+    admm_message_timeout: float = 30.0
+    """Seconds an agent waits for one neighbour's ADMM message before aborting the activation."""
+    fisher_subsample: int = 5
+    """MATRPO θ steps use every k-th sample in Fisher-vector products (1 = all; 5 as in OpenAI
+    baselines' TRPO): the Fisher is fixed for a whole ADMM phase and CG dominates its cost."""
     connect_timeout: float = 60.0
     """Seconds for all processes to start and reach their neighbours."""
     step_timeout: float = 30.0
@@ -83,6 +88,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.fisher_subsample < 1:
+            raise ConfigError(f"fisher_subsample must be ≥ 1, got {self.fisher_subsample}")
+        if not self.admm_message_timeout > 0:
+            raise ConfigError("admm_message_timeout must be > 0 seconds")
         if self.admm_iterations is not None and self.admm_iterations < 1:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
         return self

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ALGORITHMS = {
     "itrpo": ("p2pmarl.algos.itrpo", "ITRPO"),
+    "matrpo": ("p2pmarl.algos.matrpo", "MATRPO"),
 }
 """``--algo`` name → (module, class)."""
 

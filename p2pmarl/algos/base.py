@@ -8,7 +8,7 @@ it exchanges with its graph neighbours in the peer phase. Algorithm modules neve
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -86,6 +86,8 @@ class AgentAlgorithm(ABC):
     """Kinds of peer messages this algorithm sends; the privacy test checks nothing else leaves."""
     needs_connected_graph: ClassVar[bool] = False
     """Consensus algorithms refuse disconnected topologies."""
+    record: Callable[[dict[str, Any]], None] | None = None
+    """Sink for per-event records of the peer phase (the runtime writes them to admm.jsonl)."""
 
     @classmethod
     def from_run_config(

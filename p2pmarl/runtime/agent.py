@@ -127,6 +127,8 @@ class AgentProcess:
         self.peers = PeerLink(self.transport, start_iteration)
         self.world = WorldClient(endpoints["world"], agent_id)
         self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
+        self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))
+        self.algorithm.record = self.activations.record
         self.rollout = Rollout(agent_id, self.spec, self.config)
 
     def run(self) -> None:
@@ -185,6 +187,7 @@ class AgentProcess:
 
     def close(self) -> None:
         self.metrics.close()
+        self.activations.close()
         self.transport.close()
         self.world.close()
 

@@ -7,7 +7,7 @@
       topology.json        the topology as networkx node-link JSON
       endpoints.json       where every process listens (ipc:// or tcp://)
       world.log            world diagnostics;  world.jsonl  world events (connect time, steps)
-      agents/agent-I/      log.txt, metrics.jsonl, checkpoints/iter-KKKKKK.pt
+      agents/agent-I/      log.txt, metrics.jsonl, admm.jsonl, checkpoints/iter-KKKKKK.pt
       pids.json            process id of every child, by name
       summary.json         written by the launcher at the end
 """
@@ -66,6 +66,9 @@ class RunDir:
 
     def agent_metrics(self, agent_id: int) -> Path:
         return self.agent_dir(agent_id) / "metrics.jsonl"
+
+    def agent_admm(self, agent_id: int) -> Path:
+        return self.agent_dir(agent_id) / "admm.jsonl"
 
     def checkpoint(self, agent_id: int, iteration: int) -> Path:
         return self.agent_dir(agent_id) / "checkpoints" / f"iter-{iteration:06d}.pt"
