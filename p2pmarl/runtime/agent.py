@@ -11,6 +11,7 @@ import argparse
 import json
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -102,6 +103,14 @@ class Rollout:
         return joint, reward, done
 
 
+def peak_rss_megabytes() -> float:
+    """This process's peak resident set size (VmHWM), in MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 class AgentProcess:
     """Everything one agent process holds."""
 
@@ -160,6 +169,7 @@ class AgentProcess:
                 "time/iteration_seconds": time.monotonic() - started,
                 "net/bytes_sent": self.transport.sent_bytes,
                 "net/rejected": sum(self.transport.rejected.values()),
+                "sys/peak_rss_mb": peak_rss_megabytes(),
                 **stats,
             }
         )

@@ -76,7 +76,9 @@ class World:
     def run(self, start_iteration: int) -> None:
         started = time.monotonic()
         self.server.gather("ready", start_iteration, self.config.connect_timeout)
-        self.events.record({"event": "connected", "seconds": time.monotonic() - started})
+        self.events.record(
+            {"event": "connected", "seconds": time.monotonic() - started, "unix_time": time.time()}
+        )
         for iteration in range(start_iteration, self.config.iterations):
             rollout_started = time.monotonic()
             self._rollout(iteration)
