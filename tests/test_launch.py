@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import processes_mentioning
@@ -175,3 +176,24 @@ def test_experiment_file_with_override(tmp_path, no_leaked_processes):
     experiment.write_text("iterations: five\n")
     bad = p2pmarl("launch", str(experiment), "--out", str(no_leaked_processes))
     assert bad.returncode == 2 and "iterations must be int" in bad.stderr
+
+
+@pytest.mark.parametrize("algo", ["matrpo", "ctrpo"])
+def test_every_variant_trains_in_real_processes(algo, no_leaked_processes):
+    out = no_leaked_processes
+    result = p2pmarl("launch", *TINY, "--algo", algo, "--iterations", "2", "--admm-iterations",
+                     "6", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["iterations"] == 2
+    assert [a["id"] for a in summary["agents"]] == [0, 1, 2]
+    assert all(isinstance(a["return"], float) for a in summary["agents"])
+    run = Path(summary["run_dir"])
+    if algo == "matrpo":
+        records = [json.loads(line)
+                   for line in (run / "agents/agent-1/admm.jsonl").read_text().splitlines()]
+        assert {r["iteration"] for r in records} == {0, 1}
+        assert all(np.isfinite(r["disagreement_rms"]) for r in records
+                   if r["status"] == "committed")
+    else:
+        assert summary["centralized"] and not (run / "agents/agent-1").exists()

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 ALGORITHMS = {
     "itrpo": ("p2pmarl.algos.itrpo", "ITRPO"),
     "matrpo": ("p2pmarl.algos.matrpo", "MATRPO"),
+    "ctrpo": ("p2pmarl.algos.ctrpo", "CTRPO"),
 }
 """``--algo`` name → (module, class)."""
 

@@ -86,6 +86,8 @@ class AgentAlgorithm(ABC):
     """Kinds of peer messages this algorithm sends; the privacy test checks nothing else leaves."""
     needs_connected_graph: ClassVar[bool] = False
     """Consensus algorithms refuse disconnected topologies."""
+    centralized: ClassVar[bool] = False
+    """True only for reference baselines run as one learner seeing every agent (C-TRPO)."""
     record: Callable[[dict[str, Any]], None] | None = None
     """Sink for per-event records of the peer phase (the runtime writes them to admm.jsonl)."""
 

@@ -34,41 +34,51 @@ STOP_OR_STEP = frozenset({"step", "stop"})
 
 @dataclass
 class EpisodeTracker:
-    """Running own-reward returns per environment copy; finished episodes of this iteration."""
+    """Running returns per environment copy (one column per tracked agent); finished episodes."""
 
     n_envs: int
+    width: int = 1
     running: np.ndarray = field(init=False)
-    finished: list[float] = field(default_factory=list)
+    finished: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.running = np.zeros(self.n_envs)
+        self.running = np.zeros((self.n_envs, self.width))
 
     def add(self, rewards: np.ndarray, dones: np.ndarray) -> None:
-        self.running += rewards
-        self.finished.extend(self.running[dones].tolist())
+        """``rewards`` is (K,) or (K, width); ``dones`` (K,)."""
+        self.running += rewards.reshape(self.n_envs, self.width)
+        self.finished.extend(self.running[dones].copy())
         self.running[dones] = 0.0
 
-    def take(self) -> list[float]:
+    def take(self) -> np.ndarray:
+        """Returns of the episodes finished since the last call, (episodes, width)."""
         finished, self.finished = self.finished, []
-        return finished
+        return np.array(finished).reshape(-1, self.width)
 
 
 class Rollout:
-    """Collects one iteration's batch by answering the world's step messages."""
+    """Collects one iteration's batch by answering the world's step messages.
 
-    def __init__(self, agent_id: int, spec: EnvSpec, config: RunConfig) -> None:
+    A ``centralized`` learner (C-TRPO only) sees all agents' observations concatenated and every
+    agent's reward, and its batch reward is their sum.
+    """
+
+    def __init__(self, agent_id: int, spec: EnvSpec, config: RunConfig, centralized: bool) -> None:
         self.agent_id = agent_id
         self.spec = spec
         self.config = config
-        self.tracker = EpisodeTracker(config.n_envs)
+        self.centralized = centralized
+        self.observation_size = (
+            sum(spec.observation_sizes) if centralized else spec.observation_sizes[agent_id]
+        )
+        self.tracker = EpisodeTracker(config.n_envs, spec.n_agents if centralized else 1)
 
     def collect(
         self, world: WorldClient, algorithm: AgentAlgorithm, first: Message, iteration: int
     ) -> Batch:
         """Act on T step messages starting with ``first``; returns the batch of this agent."""
         T, K, N = self.config.rollout_length, self.config.n_envs, self.spec.n_agents
-        size = self.spec.observation_sizes[self.agent_id]
-        observations = np.empty((T, K, size), dtype=np.float32)
+        observations = np.empty((T, K, self.observation_size), dtype=np.float32)
         joint_actions = np.empty((T, K, N), dtype=np.int64)
         rewards = np.empty((T, K), dtype=np.float32)
         dones = np.empty((T, K), dtype=bool)
@@ -78,8 +88,9 @@ class Rollout:
             actions = algorithm.act(observations[t])
             world.send("act", iteration, {"actions": actions.astype(np.int64, copy=False)})
             message = world.receive(STEP, self.config.step_timeout)
-            joint_actions[t], rewards[t], dones[t] = self._outcome(message)
-            self.tracker.add(rewards[t], dones[t])
+            joint_actions[t], reward, dones[t] = self._outcome(message)
+            rewards[t] = reward.sum(axis=1) if self.centralized else reward
+            self.tracker.add(reward, dones[t])
         return Batch(
             agent_id=self.agent_id,
             observations=observations,
@@ -92,13 +103,13 @@ class Rollout:
     def _observations(self, message: Message, t: int) -> np.ndarray:
         if message.body.get("t") != t:
             raise CodecError("out_of_order", f"expected step {t}, got {message.body.get('t')}")
-        size = self.spec.observation_sizes[self.agent_id]
-        return require_array(message.body, "obs", shape=(self.config.n_envs, size))
+        return require_array(message.body, "obs", shape=(self.config.n_envs, self.observation_size))
 
     def _outcome(self, message: Message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         K, N = self.config.n_envs, self.spec.n_agents
         joint = require_array(message.body, "joint_action", shape=(K, N), dtype="<i8")
-        reward = require_array(message.body, "reward", shape=(K,), dtype="<f4")
+        reward_shape = (K, N) if self.centralized else (K,)
+        reward = require_array(message.body, "reward", shape=reward_shape, dtype="<f4")
         done = require_array(message.body, "done", shape=(K,), dtype="|b1")
         return joint, reward, done
 
@@ -130,15 +141,14 @@ class AgentProcess:
             self._load_checkpoint(start_iteration)
         endpoints = json.loads(run_dir.endpoints.read_text())
         agent_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
-        self.transport = ZmqTransport(
-            agent_id, agent_endpoints, self.topology.neighbours(agent_id)
-        )
+        neighbours = () if self.algorithm.centralized else self.topology.neighbours(agent_id)
+        self.transport = ZmqTransport(agent_id, agent_endpoints, neighbours)
         self.peers = PeerLink(self.transport, start_iteration)
         self.world = WorldClient(endpoints["world"], agent_id)
         self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
         self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))
         self.algorithm.record = self.activations.record
-        self.rollout = Rollout(agent_id, self.spec, self.config)
+        self.rollout = Rollout(agent_id, self.spec, self.config, self.algorithm.centralized)
 
     def run(self) -> None:
         connect_seconds = self.transport.wait_connected(self.config.connect_timeout)
@@ -158,11 +168,13 @@ class AgentProcess:
         self.peers.start_iteration(iteration)
         stats.update(self.algorithm.peer_phase(batch, self.peers))
         returns = self.rollout.tracker.take()
+        if self.algorithm.centralized and len(returns):
+            stats["rollout/agent_returns"] = returns.mean(axis=0).tolist()
         self.metrics.record(
             {
                 "iteration": iteration,
                 "env_steps": (iteration + 1) * batch.n_samples,
-                "rollout/return": float(np.mean(returns)) if returns else None,
+                "rollout/return": float(returns.sum(axis=1).mean()) if len(returns) else None,
                 "rollout/episodes": len(returns),
                 "time/rollout_seconds": rollout_seconds,
                 "time/local_seconds": local_seconds,

@@ -127,7 +127,9 @@ def new_run_dir(config: RunConfig) -> RunDir:
     return RunDir(root)
 
 
-def write_run_files(run_dir: RunDir, config: RunConfig, topology: Topology, socket_dir: Path):
+def write_run_files(
+    run_dir: RunDir, config: RunConfig, topology: Topology, socket_dir: Path
+) -> None:
     world_seed, agent_seeds = process_seeds(config.seed, topology.n_agents)
     write_json(
         run_dir.config,
@@ -140,19 +142,28 @@ def write_run_files(run_dir: RunDir, config: RunConfig, topology: Topology, sock
         },
     )
     topology.save_node_link(run_dir.topology)
-    write_json(run_dir.endpoints, endpoints_for(topology, socket_dir))
+    centralized = algorithm_class(config.algo).centralized
+    write_json(run_dir.endpoints, endpoints_for(topology, socket_dir, centralized))
 
 
-def endpoints_for(topology: Topology, socket_dir: Path) -> dict:
-    """ipc:// sockets in a short temporary folder, or tcp:// where the topology has addresses."""
+def endpoints_for(topology: Topology, socket_dir: Path, centralized: bool = False) -> dict:
+    """ipc:// sockets in a short temporary folder, or tcp:// where the topology has addresses.
+
+    A centralized reference (C-TRPO) has a single learner process, id 0.
+    """
     agents = {}
-    for agent in range(topology.n_agents):
+    for agent in range(1 if centralized else topology.n_agents):
         if agent in topology.addresses:
             host, port = topology.addresses[agent]
             agents[str(agent)] = f"tcp://{host}:{port}"
         else:
             agents[str(agent)] = f"ipc://{socket_dir}/agent-{agent}"
-    return {"world": f"ipc://{socket_dir}/world", "agents": agents}
+    return {
+        "world": f"ipc://{socket_dir}/world",
+        "agents": agents,
+        "centralized": centralized,
+        "n_env_agents": topology.n_agents,
+    }
 
 
 def _versions() -> dict[str, str]:
@@ -268,19 +279,20 @@ def launch(
 ) -> LaunchResult:
     """Run one training job end to end and return its summary."""
     topology = load_checked_topology(config)
+    learners = 1 if algorithm_class(config.algo).centralized else topology.n_agents
     if resume is None:
         run_dir, start = new_run_dir(config), 0
     else:
         run_dir = RunDir(resume)
-        start = resume_start(run_dir, topology.n_agents)
+        start = resume_start(run_dir, learners)
         if start >= config.iterations:
             raise ConfigError(
                 f"{resume}: already has {start} iterations; pass --iterations > {start}"
             )
     socket_dir = Path(tempfile.mkdtemp(prefix="p2pmarl-", dir="/tmp"))
     write_run_files(run_dir, config, topology, socket_dir)
-    launcher = Launcher(run_dir, config, topology.n_agents, start)
-    view = ProgressView(run_dir, config, topology.n_agents, start, enabled=show_progress)
+    launcher = Launcher(run_dir, config, learners, start)
+    view = ProgressView(run_dir, config, learners, start, enabled=show_progress)
     started = time.monotonic()
     messages: list[str] = []
     try:
@@ -299,7 +311,9 @@ def launch(
         shutil.rmtree(socket_dir, ignore_errors=True)
     if culprit is not None:
         messages.append(launcher.describe_failure(culprit))
-    summary = build_summary(run_dir, config, topology.n_agents, status, time.monotonic() - started)
+    summary = build_summary(
+        run_dir, config, topology.n_agents, learners, status, time.monotonic() - started
+    )
     summary["failed_process"] = culprit
     write_json(run_dir.summary, summary)
     exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)

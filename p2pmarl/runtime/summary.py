@@ -34,17 +34,31 @@ def team_return_curve(run_dir: RunDir, n_agents: int) -> list[float | None]:
     return curve
 
 
+def _agent_returns(rows: list[dict[int, dict]], last: int | None, n_agents: int) -> list:
+    """Per environment agent: its mean own episode return in the last iteration."""
+    if last is None:
+        return [None] * n_agents
+    if len(rows) == 1 and n_agents > 1:  # one centralized learner reports every agent's return
+        returns = rows[0][last].get("rollout/agent_returns") or [None] * n_agents
+        return list(returns)
+    return [rows[agent][last].get("rollout/return") for agent in range(n_agents)]
+
+
 def build_summary(
-    run_dir: RunDir, config: RunConfig, n_agents: int, status: str, wall_seconds: float
+    run_dir: RunDir,
+    config: RunConfig,
+    n_agents: int,
+    learners: int,
+    status: str,
+    wall_seconds: float,
 ) -> dict[str, Any]:
-    rows = [iteration_rows(run_dir, agent) for agent in range(n_agents)]
+    """The summary other tools rely on (:data:`SUMMARY_FIELDS`) plus the return curve."""
+    rows = [iteration_rows(run_dir, learner) for learner in range(learners)]
     done = set.intersection(*(set(r) for r in rows)) if rows else set()
     last = max(done) if done else None
-    agents = [
-        {"id": agent, "return": None if last is None else rows[agent][last].get("rollout/return")}
-        for agent in range(n_agents)
-    ]
-    curve = team_return_curve(run_dir, n_agents)
+    returns = _agent_returns(rows, last, n_agents)
+    agents = [{"id": agent, "return": value} for agent, value in enumerate(returns)]
+    curve = team_return_curve(run_dir, learners)
     return {
         "status": status,
         "algo": config.algo,
@@ -57,6 +71,7 @@ def build_summary(
         "team_return_curve": curve,
         "agents": agents,
         "run_dir": str(run_dir.root),
+        "centralized": learners == 1 and n_agents > 1,
         "seed": config.seed,
         "topology": config.topology,
     }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -62,15 +63,23 @@ class VectorWorld:
 
 
 class World:
-    """Runs the rollout protocol with the agents for every training iteration."""
+    """Runs the rollout protocol with the agents for every training iteration.
 
-    def __init__(self, run_dir: RunDir, config: RunConfig, n_agents: int, endpoint: str) -> None:
+    In ``centralized`` mode (the C-TRPO reference only) a single learner gets the concatenated
+    observations and every agent's reward, and answers with the joint action.
+    """
+
+    def __init__(
+        self, run_dir: RunDir, config: RunConfig, n_agents: int, endpoint: str, centralized: bool
+    ) -> None:
         self.run_dir = run_dir
         self.config = config
         self.n_agents = n_agents
+        self.centralized = centralized
+        self.learners = 1 if centralized else n_agents
         world_seed, _ = process_seeds(config.seed, n_agents)
         self.vector = VectorWorld(config, n_agents, world_seed)
-        self.server = WorldServer(endpoint, n_agents)
+        self.server = WorldServer(endpoint, self.learners)
         self.events = MetricsRecorder(run_dir.world_events)
 
     def run(self, start_iteration: int) -> None:
@@ -91,8 +100,8 @@ class World:
                 }
             )
             self.server.gather("ready", iteration + 1, self.config.phase_timeout)
-        for agent in range(self.n_agents):
-            self.server.send(agent, "stop", self.config.iterations, {})
+        for learner in range(self.learners):
+            self.server.send(learner, "stop", self.config.iterations, {})
         self.events.record({"event": "stopped", "rejected": dict(self.server.rejected)})
 
     def _rollout(self, iteration: int) -> None:
@@ -100,18 +109,25 @@ class World:
         previous: StepResult | None = None
         for t in range(self.config.rollout_length + 1):
             last = t == self.config.rollout_length
-            for agent in range(self.n_agents):
-                body = self._step_body(agent, t, previous, last)
-                self.server.send(agent, "step", iteration, body)
+            for learner in range(self.learners):
+                body = self._step_body(learner, t, previous, last)
+                self.server.send(learner, "step", iteration, body)
             if last:
                 return
             actions = self._gather_actions(iteration, t)
             previous = self.vector.step(actions)
 
     def _step_body(self, agent: int, t: int, previous: StepResult | None, last: bool) -> dict:
-        body: dict = {"t": t, "last": last, "obs": self.vector.agent_observations(agent)}
+        if self.centralized:
+            observations = np.concatenate(
+                [self.vector.agent_observations(i) for i in range(self.n_agents)], axis=1
+            )
+        else:
+            observations = self.vector.agent_observations(agent)
+        body: dict = {"t": t, "last": last, "obs": observations}
         if previous is not None:
-            body["reward"] = np.ascontiguousarray(previous.rewards[:, agent])
+            rewards = previous.rewards if self.centralized else previous.rewards[:, agent]
+            body["reward"] = np.ascontiguousarray(rewards)
             body["done"] = previous.dones
             body["joint_action"] = previous.joint_actions
         return body
@@ -119,16 +135,23 @@ class World:
     def _gather_actions(self, iteration: int, t: int) -> np.ndarray:
         timeout = self.config.phase_timeout if t == 0 else self.config.step_timeout
         replies = self.server.gather("act", iteration, timeout)
+        if self.centralized:
+            return self._check_actions(range(self.n_agents), replies[0])
         joint = np.empty((self.config.n_envs, self.n_agents), dtype=np.int64)
         for agent, message in replies.items():
-            joint[:, agent] = self._check_actions(agent, message)
+            joint[:, agent] = self._check_actions([agent], message)[:, 0]
         return joint
 
-    def _check_actions(self, agent: int, message: Message) -> np.ndarray:
-        """Validate an agent's actions; a bad reply is a protocol error of that agent."""
-        actions = require_array(message.body, "actions", shape=(self.config.n_envs,), dtype="<i8")
-        if actions.min() < 0 or actions.max() >= self.vector.spec.action_sizes[agent]:
-            raise CodecError("bad_action", f"agent {agent} sent actions outside its action space")
+    def _check_actions(self, agents: Sequence[int], message: Message) -> np.ndarray:
+        """Validate a learner's actions for ``agents``; a bad reply is a protocol error."""
+        shape = (self.config.n_envs, len(agents)) if self.centralized else (self.config.n_envs,)
+        actions = require_array(message.body, "actions", shape=shape, dtype="<i8")
+        actions = actions.reshape(self.config.n_envs, len(agents))
+        limits = np.array([self.vector.spec.action_sizes[a] for a in agents])
+        if actions.min() < 0 or (actions >= limits).any():
+            raise CodecError(
+                "bad_action", f"learner {message.sender} sent actions outside the action space"
+            )
         return actions
 
     def close(self) -> None:
@@ -146,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     logger = setup_process_logging(run_dir.world_log, "world")
     config = read_run_config(run_dir.root)
     endpoints = json.loads(run_dir.endpoints.read_text())
-    n_agents = len(endpoints["agents"])
-    world = World(run_dir, config, n_agents, endpoints["world"])
+    world = World(
+        run_dir, config, endpoints["n_env_agents"], endpoints["world"], endpoints["centralized"]
+    )
     try:
         world.run(args.start_iteration)
     except (LinkTimeout, CodecError) as error:

@@ -1,0 +1,79 @@
+"""Helpers shared by the benchmark scripts: run configs, result files and the final JSON line.
+
+Every benchmark prints exactly one JSON object as the last line of its stdout and also writes it
+to ``<out>/<name>-<UTC timestamp>.json`` (``bench/results/`` by default, which git ignores).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import resource
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+"""The repository root; topology paths are made absolute against it."""
+RESULTS = REPO / "bench" / "results"
+"""Default output folder for raw JSON results and the run directories benchmarks create."""
+
+
+def topology(name: str) -> str:
+    """Absolute path of ``topologies/<name>.yaml``, so a benchmark works from any folder."""
+    return str(REPO / "topologies" / f"{name}.yaml")
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on (the doc adds the human description)."""
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+    }
+
+
+def load_average() -> list[float]:
+    """1, 5 and 15 minute load averages: how busy the shared machine was."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def launcher_peak_rss_mb() -> float:
+    """Peak RSS of this (the launcher's) process in MiB; ru_maxrss is in KiB on Linux."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def emit(name: str, result: dict[str, Any], out: Path) -> int:
+    """Add metadata, write ``result`` to ``out`` and print it as the last stdout line.
+
+    Returns the process exit code: 0, or 1 when ``result["status"]`` is not ``"ok"``.
+    """
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    record = {
+        "benchmark": name,
+        "utc": stamp,
+        "argv": sys.argv,
+        "machine": machine(),
+        **result,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}-{stamp}.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(json.dumps(record), flush=True)
+    return 0 if record.get("status") == "ok" else 1
+
+
+def launch_failure(result: Any) -> str | None:
+    """None if the launch completed, else a description built from its summary and messages."""
+    if result.exit_code == 0 and result.summary.get("status") == "completed":
+        return None
+    details = "\n".join(result.messages)
+    return (
+        f"launch ended with status {result.summary.get('status')!r}, exit code "
+        f"{result.exit_code}, failed process {result.summary.get('failed_process')!r}; "
+        f"run dir {result.run_dir}\n{details}"
+    )

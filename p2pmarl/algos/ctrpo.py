@@ -1,0 +1,98 @@
+"""C-TRPO: one centralized TRPO policy over the joint observation driving all agents.
+
+**Not decentralized**: an upper-bound reference for comparisons (MATRPO section VI-B). It runs as a
+single learner process that receives every agent's observation and reward from the world and
+answers with the joint action; the team reward Σ_i r^i is its reward. The policy has N categorical
+heads on the concatenated observation (π(a|o) = Π_n π(a^n|o)).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from p2pmarl.algos.base import Batch
+from p2pmarl.algos.itrpo import TRPOConfig, TrustRegionAgent
+from p2pmarl.algos.networks import sample_actions
+from p2pmarl.algos.trpo import make_categorical_fisher_vector_product, trpo_step
+from p2pmarl.envs.base import EnvSpec
+
+if TYPE_CHECKING:
+    from p2pmarl.config import RunConfig
+    from p2pmarl.topology import Topology
+
+
+def centralized_spec(spec: EnvSpec) -> EnvSpec:
+    """The one-learner view: observation = concatenation of all agents' observations."""
+    return EnvSpec(
+        name=spec.name,
+        n_agents=spec.n_agents,
+        observation_sizes=(sum(spec.observation_sizes),),
+        action_sizes=spec.action_sizes,
+        episode_length=spec.episode_length,
+    )
+
+
+class CTRPO(TrustRegionAgent):
+    """Centralized TRPO on the joint observation and the team reward (a reference, not P2P)."""
+
+    name = "ctrpo"
+    centralized: ClassVar[bool] = True
+
+    def __init__(self, spec: EnvSpec, config: TRPOConfig, seed: int) -> None:
+        joint = centralized_spec(spec)
+        super().__init__(0, joint, config, seed, head_sizes=spec.action_sizes, acting_head=0)
+
+    @classmethod
+    def from_run_config(
+        cls, agent_id: int, spec: EnvSpec, topology: Topology, config: RunConfig, seed: int
+    ) -> CTRPO:
+        """δ = N·(δ/N) of the paper's Table III (the joint policy's trust region), or max_kl."""
+        from p2pmarl.algos.matrpo import paper_defaults
+
+        max_kl = config.max_kl or paper_defaults(spec.n_agents)[0] * spec.n_agents
+        return cls(spec, TRPOConfig(max_kl=max_kl), seed)
+
+    def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        """Joint action (K, N): one draw from every head."""
+        return np.stack(
+            [
+                sample_actions(self.policy, observations, head, self.rng, deterministic)
+                for head in range(self.policy.n_heads)
+            ],
+            axis=1,
+        )
+
+    def local_update(self, batch: Batch) -> dict[str, float]:
+        """GAE on the team reward, TRPO step on the joint surrogate E[exp(Σ_n ℓ_n)·A]."""
+        data = self.prepare(batch)
+        observations, actions, advantages = data.observations, data.joint_actions, data.advantages
+        with torch.no_grad():
+            old_logits = self.policy(observations)
+            old_log_prob = self.policy.log_prob_from_logits(old_logits, actions).sum(dim=0)
+
+        def loss_fn() -> Tensor:
+            log_prob = self.policy.log_prob(observations, actions).sum(dim=0)
+            return -(torch.exp(log_prob - old_log_prob) * advantages).mean()
+
+        stats = trpo_step(
+            list(self.policy.parameters()),
+            loss_fn,
+            lambda: self.policy.kl(observations, old_logits),
+            max_kl=self.config.max_kl,
+            damping=self.config.damping,
+            cg_iterations=self.config.cg_iterations,
+            max_backtracks=self.config.max_backtracks,
+            accept_ratio=self.config.accept_ratio,
+            fvp=make_categorical_fisher_vector_product(
+                self.policy, observations, self.config.damping
+            ),
+        )
+        return {
+            **stats.as_metrics(),
+            "train/value_loss": self.fit_value(data),
+            "train/advantage_std": data.raw_advantage_std,
+        }
