@@ -11,6 +11,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def git_revision() -> str:
+    """The checked-out commit, with ``-dirty`` when tracked files differ from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD"], cwd=REPO).returncode != 0
+    except OSError:
+        return "unknown"
+    return (commit or "unknown") + ("-dirty" if dirty else "")
+
+
 def load_average() -> list[float]:
     """1, 5 and 15 minute load averages: how busy the shared machine was."""
     return [round(x, 2) for x in os.getloadavg()]
@@ -58,6 +71,7 @@ def emit(name: str, result: dict[str, Any], out: Path) -> int:
         "benchmark": name,
         "utc": stamp,
         "argv": sys.argv,
+        "git": git_revision(),
         "machine": machine(),
         **result,
     }

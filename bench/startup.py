@@ -14,7 +14,7 @@ and the medians (connect times over every launch that reached ``connected``, eve
 later; wall time over completed launches only). Target: median ``launch_to_connected_s`` ≤ 15 s.
 ``status`` is ``"ok"`` only if every launch completed; failures are listed per run.
 
-Run from the repository root::
+Run from the repository root (``python bench/startup.py ...`` works too)::
 
     . .venv/bin/activate
     python -m bench.startup [--repeats 3] [--out bench/results]
@@ -29,10 +29,14 @@ import statistics
 import time
 from pathlib import Path
 
-from bench.common import RESULTS, emit, launch_failure, load_average, topology
 from p2pmarl.config import RunConfig
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.rundir import RunDir, read_jsonl
+
+try:
+    from bench.common import RESULTS, emit, launch_failure, load_average, topology
+except ModuleNotFoundError:  # run as ``python bench/NAME.py``: bench/ is on sys.path
+    from common import RESULTS, emit, launch_failure, load_average, topology
 
 TARGET_SECONDS = 15.0
 

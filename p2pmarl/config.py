@@ -27,7 +27,7 @@ class RunConfig:
     """Topology file; N (number of agents) comes from it."""
     env: str = "spread"
     """Environment name: spread, spread-shared, treasure, tag."""
-    algo: str = "itrpo"
+    algo: str = "matrpo"
     """Algorithm variant: itrpo, matrpo, ctrpo."""
     iterations: int = 5
     """Training iterations (rollout → local learning → peer phase)."""

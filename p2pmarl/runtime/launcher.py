@@ -11,6 +11,7 @@ import ctypes
 import datetime
 import importlib
 import importlib.metadata
+import logging
 import multiprocessing
 import os
 import platform
@@ -19,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +99,18 @@ def _child_main(module: str, args: list[str], output: str) -> None:
     os.dup2(descriptor, 1)
     os.dup2(descriptor, 2)
     os.close(descriptor)
-    raise SystemExit(importlib.import_module(module).main(args))
+    code = 1
+    try:
+        code = importlib.import_module(module).main(args)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        # Skip interpreter teardown inherited from the launcher (atexit hooks, zmq context
+        # destructors, thread joins): a forked child must not hang on its way out.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def load_checked_topology(config: RunConfig) -> Topology:

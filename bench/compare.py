@@ -1,0 +1,89 @@
+"""MATRPO vs I-TRPO vs C-TRPO on spread N=3 (ring3) over several seeds, reduced budget.
+
+Runs every (algorithm, seed) as a real multi-process launch, one after the other, and prints one
+JSON object: per algorithm the final team return (mean of the last 3 iterations) per seed, its
+mean and spread, and the learning curves; ``--plot`` writes the learning-curve PNG.
+
+    python bench/compare.py --iterations 12 --steps 5000 --seeds 0 1 2 --plot docs/compare.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+from p2pmarl.config import RunConfig
+from p2pmarl.runtime.launcher import launch
+
+REPO = Path(__file__).resolve().parents[1]
+ALGORITHMS = ("matrpo", "itrpo", "ctrpo")
+
+
+def run_one(algo: str, seed: int, args: argparse.Namespace) -> dict:
+    config = RunConfig(
+        topology=str(REPO / "topologies/ring3.yaml"), env="spread", algo=algo,
+        iterations=args.iterations, steps_per_iteration=args.steps, n_envs=10,
+        episode_length=100, seed=seed, out=str(args.out),
+    )
+    result = launch(config, show_progress=False)
+    summary = result.summary
+    curve = summary["team_return_curve"]
+    return {
+        "algo": algo, "seed": seed, "status": summary["status"], "curve": curve,
+        "final": statistics.fmean(curve[-3:]), "wall_seconds": summary["wall_seconds"],
+        "env_steps": summary["env_steps"], "run_dir": str(result.run_dir),
+    }
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for algo, colour in zip(ALGORITHMS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
+        curves = [r["curve"] for r in results if r["algo"] == algo]
+        if not curves:
+            continue
+        steps = [(i + 1) * results[0]["env_steps"] / len(curves[0]) for i in range(len(curves[0]))]
+        mean = [statistics.fmean(values) for values in zip(*curves, strict=True)]
+        for curve in curves:
+            axes.plot(steps, curve, color=colour, alpha=0.25, linewidth=0.8)
+        label = algo + (" (centralized reference)" if algo == "ctrpo" else "")
+        axes.plot(steps, mean, color=colour, linewidth=2, label=label)
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel("team return (Σ over agents, per episode)")
+    axes.set_title("spread N=3, ring3: mean over seeds (thin: single seeds)")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--iterations", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=5000)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS))
+    parser.add_argument("--out", type=Path, default=REPO / "bench/results/compare")
+    parser.add_argument("--plot", type=Path)
+    args = parser.parse_args()
+    results = [run_one(algo, seed, args) for seed in args.seeds for algo in args.algos]
+    table = {}
+    for algo in args.algos:
+        finals = [r["final"] for r in results if r["algo"] == algo]
+        table[algo] = {
+            "final_per_seed": finals,
+            "mean": statistics.fmean(finals),
+            "stdev": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+        }
+    if args.plot:
+        plot(results, args.plot)
+    print(json.dumps({"benchmark": "compare", "table": table, "runs": results}))
+
+
+if __name__ == "__main__":
+    main()
