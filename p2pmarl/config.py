@@ -58,8 +58,8 @@ class RunConfig:
     admm_message_timeout: float = 30.0
     """Seconds an agent waits for one neighbour's ADMM message before aborting the activation."""
     fisher_subsample: int = 5
-    """MATRPO θ steps use every k-th sample in Fisher-vector products (1 = all; 5 as in OpenAI
-    baselines' TRPO): the Fisher is fixed for a whole ADMM phase and CG dominates its cost."""
+    """Trust-region steps use every k-th sample in Fisher-vector products (1 = all; 5 as in OpenAI
+    baselines' TRPO): conjugate gradient dominates the cost and memory of every θ step."""
     connect_timeout: float = 60.0
     """Seconds for all processes to start and reach their neighbours."""
     step_timeout: float = 30.0

@@ -36,11 +36,10 @@ def _batches(seed: int = 0) -> list[Batch]:
 
 def _run_phase(edges, schedule, budget, seed=0, linearized=False):
     config = MATRPOConfig(
-        trpo=TRPOConfig(max_kl=0.01, hidden=(16, 16), value_epochs=1),
+        trpo=TRPOConfig(max_kl=0.01, hidden=(16, 16), value_epochs=1, fisher_subsample=1),
         admm=ADMMConfig(beta=1.0, budget=budget, schedule=schedule, seed=seed,
                         message_timeout=5.0, phase_timeout=60.0),
         linearized_log_ratio=linearized,
-        fisher_subsample=1,
     )
     hub = MemoryHub()
     neighbours = {i: sorted({j for e in edges for j in e if i in e} - {i}) for i in range(N)}
@@ -156,7 +155,7 @@ def test_linearized_log_ratio_matches_the_true_one_to_first_order():
 
 def test_linearized_log_ratio_is_the_jacobian_vector_product():
     agent = MATRPO(0, SPEC, [(0, 1)], MATRPOConfig(
-        trpo=TRPOConfig(hidden=(8,)), linearized_log_ratio=True, fisher_subsample=1), seed=0)
+        trpo=TRPOConfig(hidden=(8,)), linearized_log_ratio=True), seed=0)
     batch = _batches()[0]
     agent.local_update(batch)
     solver = agent._solver

@@ -376,3 +376,24 @@ def test_from_run_config_takes_the_runs_trust_region():
     agent = ITRPO.from_run_config(1, SPEC, None, RunConfig(max_kl=0.004), seed=0)
     assert (agent.agent_id, agent.config.max_kl) == (1, 0.004)
     assert ITRPO.from_run_config(0, SPEC, None, RunConfig(), seed=0).config == TRPOConfig()
+
+
+def test_minimal_adam_matches_torch_adam_step_for_step():
+    from p2pmarl.algos.adam import Adam
+
+    torch.manual_seed(0)
+    mine, reference = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    reference.load_state_dict(mine.state_dict())
+    ours = Adam(mine.parameters(), lr=1e-2)
+    theirs = torch.optim.Adam(reference.parameters(), lr=1e-2)
+    for _ in range(25):
+        inputs = torch.randn(8, 4)
+        for net, optimizer in ((mine, ours), (reference, theirs)):
+            optimizer.zero_grad()
+            net(inputs).pow(2).mean().backward()
+            optimizer.step()
+    for a, b in zip(mine.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    restored = Adam(torch.nn.Linear(4, 3).parameters())
+    restored.load_state_dict(ours.state_dict())
+    assert restored.step_count == 25

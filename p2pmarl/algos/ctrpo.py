@@ -54,7 +54,7 @@ class CTRPO(TrustRegionAgent):
         from p2pmarl.algos.matrpo import paper_defaults
 
         max_kl = config.max_kl or paper_defaults(spec.n_agents)[0] * spec.n_agents
-        return cls(spec, TRPOConfig(max_kl=max_kl), seed)
+        return cls(spec, TRPOConfig(max_kl=max_kl, fisher_subsample=config.fisher_subsample), seed)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Joint action (K, N): one draw from every head."""
@@ -88,7 +88,7 @@ class CTRPO(TrustRegionAgent):
             max_backtracks=self.config.max_backtracks,
             accept_ratio=self.config.accept_ratio,
             fvp=make_categorical_fisher_vector_product(
-                self.policy, observations, self.config.damping
+                self.policy, observations[:: self.config.fisher_subsample], self.config.damping
             ),
         )
         return {

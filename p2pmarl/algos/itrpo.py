@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import AgentAlgorithm, Batch
 from p2pmarl.algos.networks import CategoricalPolicy, ValueNet, sample_actions
 from p2pmarl.algos.trpo import (
@@ -60,6 +61,9 @@ class TRPOConfig:
     """Passes over the batch per value fit; 1-10."""
     value_minibatch: int = 256
     """Samples per value-fit minibatch; 64-1024."""
+    fisher_subsample: int = 5
+    """Fisher-vector products use every k-th sample (1 = all; 5 as in OpenAI baselines' TRPO):
+    CG dominates the cost and memory of a step, and the Fisher is a smooth average."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -74,6 +78,7 @@ class TRPOConfig:
             "value_lr": self.value_lr > 0.0,
             "value_epochs": self.value_epochs >= 0,
             "value_minibatch": self.value_minibatch >= 1,
+            "fisher_subsample": self.fisher_subsample >= 1,
         }
         for name, valid in checks.items():
             if not valid:
@@ -114,7 +119,7 @@ class TrustRegionAgent(AgentAlgorithm):
         observation_size = spec.observation_sizes[agent_id]
         self.policy = CategoricalPolicy(observation_size, head_sizes, config.hidden)
         self.value_net = ValueNet(observation_size, config.hidden)
-        self.value_optimizer = torch.optim.Adam(self.value_net.parameters(), lr=config.value_lr)
+        self.value_optimizer = Adam(self.value_net.parameters(), lr=config.value_lr)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Own actions a^i ~ π^i(·|o^i) from the acting head, int64 (K,)."""
@@ -170,7 +175,7 @@ class TrustRegionAgent(AgentAlgorithm):
             max_backtracks=self.config.max_backtracks,
             accept_ratio=self.config.accept_ratio,
             fvp=make_categorical_fisher_vector_product(
-                self.policy, observations, self.config.damping
+                self.policy, observations[:: self.config.fisher_subsample], self.config.damping
             ),
         )
         return stats, old_logits
@@ -227,7 +232,9 @@ class ITRPO(TrustRegionAgent):
         cls, agent_id: int, spec: EnvSpec, topology: Topology, config: RunConfig, seed: int
     ) -> ITRPO:
         """I-TRPO with the defaults of :class:`TRPOConfig` and the run's ``max_kl`` if set."""
-        trpo = TRPOConfig() if config.max_kl is None else TRPOConfig(max_kl=config.max_kl)
+        trpo = TRPOConfig(fisher_subsample=config.fisher_subsample)
+        if config.max_kl is not None:
+            trpo = dataclasses.replace(trpo, max_kl=config.max_kl)
         return cls(agent_id, spec, trpo, seed)
 
     def local_update(self, batch: Batch) -> dict[str, float]:

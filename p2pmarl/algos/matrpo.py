@@ -59,8 +59,6 @@ class MATRPOConfig:
     """β, activation budget and schedule of the consensus phase."""
     linearized_log_ratio: bool = False
     """Exchange J·(θ−θ_old) (eq. 22) instead of the true log ratio (reference implementation)."""
-    fisher_subsample: int = 1
-    """Use every k-th sample in Fisher-vector products (1 = all; 5 as in OpenAI baselines)."""
 
 
 class TrustRegionSolver:
@@ -94,7 +92,7 @@ class TrustRegionSolver:
             self.old_logits = policy(observations)
             self.old_log_prob = policy.log_prob_from_logits(self.old_logits, joint_actions)
         self.theta_old = flat_parameters(self.parameters)
-        every = config.fisher_subsample
+        every = config.trpo.fisher_subsample
         self.fvp = make_categorical_fisher_vector_product(
             policy, observations[::every], config.trpo.damping
         )
@@ -251,7 +249,9 @@ class MATRPO(TrustRegionAgent):
         """Paper Table III defaults for N, overridden by the run's max_kl/beta/admm_iterations."""
         max_kl, beta, budget = paper_defaults(spec.n_agents)
         settings = MATRPOConfig(
-            trpo=TRPOConfig(max_kl=config.max_kl or max_kl),
+            trpo=TRPOConfig(
+                max_kl=config.max_kl or max_kl, fisher_subsample=config.fisher_subsample
+            ),
             admm=ADMMConfig(
                 beta=config.beta or beta,
                 budget=config.admm_iterations or budget,
@@ -262,7 +262,6 @@ class MATRPO(TrustRegionAgent):
                 phase_timeout=config.phase_timeout,
             ),
             linearized_log_ratio=config.linearized_log_ratio,
-            fisher_subsample=config.fisher_subsample,
         )
         return cls(agent_id, spec, list(topology.edges), settings, seed)
 

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
+from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import Batch
 from p2pmarl.algos.networks import (
     CategoricalPolicy,
@@ -327,7 +328,7 @@ def surrogate_loss(log_prob: Tensor, old_log_prob: Tensor, advantages: Tensor) -
 
 def fit_value(
     value_net: nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Adam,
     observations: Tensor,
     returns: Tensor,
     epochs: int,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,10 @@ from p2pmarl.runtime.transport import PeerTimeout, ZmqTransport
 from p2pmarl.runtime.world_link import LinkTimeout, WorldClient
 from p2pmarl.topology import Topology, load_topology
 
+logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT = 10.0
+"""Seconds an agent that finished its last iteration waits for the world's ``stop``."""
 STEP = frozenset({"step"})
 STOP_OR_STEP = frozenset({"step", "stop"})
 
@@ -114,12 +119,22 @@ class Rollout:
         return joint, reward, done
 
 
-def peak_rss_megabytes() -> float:
-    """This process's peak resident set size (VmHWM), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+def _proc_megabytes(path: str, key: str) -> float:
+    for line in Path(path).read_text().splitlines():
+        if line.startswith(key):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def peak_rss_megabytes() -> float:
+    """This process's peak resident set size (VmHWM), in MiB; counts pages shared with the
+    launcher it was forked from (torch's libraries) in full."""
+    return _proc_megabytes("/proc/self/status", "VmHWM:")
+
+
+def proportional_set_megabytes() -> float:
+    """Current proportional set size (PSS), in MiB: shared pages divided among their sharers."""
+    return _proc_megabytes("/proc/self/smaps_rollup", "Pss:")
 
 
 class AgentProcess:
@@ -156,7 +171,10 @@ class AgentProcess:
         self.metrics.record({"event": "connected", "connect/seconds": connect_seconds})
         for iteration in range(self.start_iteration, self.config.iterations):
             self._iteration(iteration)
-        self.world.receive(frozenset({"stop"}), self.config.phase_timeout)
+        try:
+            self.world.receive(frozenset({"stop"}), STOP_TIMEOUT)
+        except LinkTimeout:
+            logger.warning("no stop from the world; the last iteration is saved, exiting anyway")
 
     def _iteration(self, iteration: int) -> None:
         started = time.monotonic()
@@ -182,6 +200,7 @@ class AgentProcess:
                 "net/bytes_sent": self.transport.sent_bytes,
                 "net/rejected": sum(self.transport.rejected.values()),
                 "sys/peak_rss_mb": peak_rss_megabytes(),
+                "sys/pss_mb": proportional_set_megabytes(),
                 **stats,
             }
         )

@@ -20,6 +20,10 @@ from p2pmarl.runtime.transport import agent_of, identity_of
 logger = logging.getLogger(__name__)
 
 
+CLOSE_LINGER_MS = 1000
+"""How long closing the world socket may wait for queued frames to go out."""
+
+
 class LinkTimeout(TimeoutError):
     """The other side of the world link did not answer in time."""
 
@@ -91,7 +95,8 @@ class WorldServer:
         return None
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        """Close after queued frames (the final ``stop``s) are delivered, for up to a second."""
+        self._socket.close(linger=CLOSE_LINGER_MS)
 
 
 class WorldClient:
