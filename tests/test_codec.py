@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import msgpack
 import numpy as np
@@ -99,9 +100,11 @@ def _frame_with_array_ext(payload: bytes, code: int = ARRAY_EXT_CODE) -> bytes:
 @pytest.mark.parametrize(
     ("payload", "code", "reason"),
     [
-        (msgpack.packb(["<f4", [2, 2]]) + b"\0" * 15, ARRAY_EXT_CODE, "bad_array"),
-        (msgpack.packb(["|O", [1]]) + b"\0" * 8, ARRAY_EXT_CODE, "bad_dtype"),
-        (msgpack.packb(["<f4", [-1]]), ARRAY_EXT_CODE, "bad_array"),
+        (struct.pack("<3sB2q", b"<f4", 2, 2, 2) + b"\0" * 15, ARRAY_EXT_CODE, "bad_array"),
+        (struct.pack("<3sBq", b"|O8", 1, 1) + b"\0" * 8, ARRAY_EXT_CODE, "bad_dtype"),
+        (struct.pack("<3sBq", b"<f4", 1, -1), ARRAY_EXT_CODE, "bad_array"),
+        (struct.pack("<3sB", b"<f4", 3) + b"\0" * 5, ARRAY_EXT_CODE, "bad_array"),
+        (struct.pack("<3sB", b"<f4", 200) + b"\0" * 5, ARRAY_EXT_CODE, "bad_array"),
         (b"\xff", ARRAY_EXT_CODE, "bad_array"),
         (b"", 7, "bad_extension"),
     ],

@@ -26,7 +26,7 @@ from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
 from p2pmarl.runtime.transport import PeerTimeout, ZmqTransport
-from p2pmarl.runtime.world_link import LinkTimeout, WorldClient
+from p2pmarl.runtime.world_link import LinkTimeout, WorldClient, env_groups
 from p2pmarl.topology import Topology, load_topology
 
 logger = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ class EpisodeTracker:
     def __post_init__(self) -> None:
         self.running = np.zeros((self.n_envs, self.width))
 
-    def add(self, rewards: np.ndarray, dones: np.ndarray) -> None:
-        """``rewards`` is (K,) or (K, width); ``dones`` (K,)."""
-        self.running += rewards.reshape(self.n_envs, self.width)
-        self.finished.extend(self.running[dones].copy())
-        self.running[dones] = 0.0
+    def add(self, rows: range, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """Copies ``rows`` got ``rewards`` ((R,) or (R, width)) and ended where ``dones``."""
+        running = self.running[rows.start : rows.stop]
+        running += rewards.reshape(len(rows), self.width)
+        self.finished.extend(running[dones].copy())
+        running[dones] = 0.0
 
     def take(self) -> np.ndarray:
         """Returns of the episodes finished since the last call, (episodes, width)."""
@@ -81,37 +82,57 @@ class Rollout:
     def collect(
         self, world: WorldClient, algorithm: AgentAlgorithm, first: Message, iteration: int
     ) -> Batch:
-        """Act on T step messages starting with ``first``; returns the batch of this agent."""
+        """Answer the world's step messages of one rollout (see ``world.World._rollout``)."""
         T, K, N = self.config.rollout_length, self.config.n_envs, self.spec.n_agents
-        observations = np.empty((T, K, self.observation_size), dtype=np.float32)
+        observations = np.empty((T + 1, K, self.observation_size), dtype=np.float32)
         joint_actions = np.empty((T, K, N), dtype=np.int64)
         rewards = np.empty((T, K), dtype=np.float32)
         dones = np.empty((T, K), dtype=bool)
         message = first
-        for t in range(T):
-            observations[t] = self._observations(message, t)
-            actions = algorithm.act(observations[t])
-            world.send("act", iteration, {"actions": actions.astype(np.int64, copy=False)})
-            message = world.receive(STEP, self.config.step_timeout)
-            joint_actions[t], reward, dones[t] = self._outcome(message)
-            rewards[t] = reward.sum(axis=1) if self.centralized else reward
-            self.tracker.add(reward, dones[t])
+        for t in range(T + 1):
+            for group, rows in enumerate(env_groups(K)):
+                if message is None:
+                    message = world.receive(STEP, self.config.step_timeout)
+                self._check_position(message, t, group)
+                observations[t, rows.start : rows.stop] = self._observations(message, len(rows))
+                if t > 0:
+                    cut = slice(rows.start, rows.stop)
+                    joint_actions[t - 1, cut], reward, dones[t - 1, cut] = self._outcome(
+                        message, len(rows)
+                    )
+                    rewards[t - 1, cut] = reward.sum(axis=1) if self.centralized else reward
+                    self.tracker.add(rows, reward, dones[t - 1, cut])
+                if t < T:
+                    actions = algorithm.act(observations[t, rows.start : rows.stop])
+                    world.send("act", iteration, {
+                        "actions": actions.astype(np.int64, copy=False), "t": t, "group": group,
+                    })
+                message = None
         return Batch(
             agent_id=self.agent_id,
-            observations=observations,
+            observations=observations[:T],
             joint_actions=joint_actions,
             rewards=rewards,
             dones=dones,
-            last_observations=self._observations(message, T),
+            last_observations=observations[T],
         )
 
-    def _observations(self, message: Message, t: int) -> np.ndarray:
-        if message.body.get("t") != t:
-            raise CodecError("out_of_order", f"expected step {t}, got {message.body.get('t')}")
-        return require_array(message.body, "obs", shape=(self.config.n_envs, self.observation_size))
+    @staticmethod
+    def _check_position(message: Message, t: int, group: int) -> None:
+        position = (message.body.get("t"), message.body.get("group"))
+        if position != (t, group):
+            raise CodecError(
+                "out_of_order", f"expected step {t} group {group}, got step {position[0]} "
+                f"group {position[1]}"
+            )
 
-    def _outcome(self, message: Message) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        K, N = self.config.n_envs, self.spec.n_agents
+    def _observations(self, message: Message, n_rows: int) -> np.ndarray:
+        return require_array(message.body, "obs", shape=(n_rows, self.observation_size))
+
+    def _outcome(
+        self, message: Message, K: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        N = self.spec.n_agents
         joint = require_array(message.body, "joint_action", shape=(K, N), dtype="<i8")
         reward_shape = (K, N) if self.centralized else (K,)
         reward = require_array(message.body, "reward", shape=reward_shape, dtype="<f4")

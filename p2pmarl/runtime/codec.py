@@ -7,6 +7,7 @@ pickled, so a hostile peer can at worst make :func:`decode` raise :class:`CodecE
 from __future__ import annotations
 
 import math
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,8 @@ ARRAY_EXT_CODE = 42
 """msgpack extension type that carries one numpy array."""
 ALLOWED_DTYPES = frozenset({"<f4", "<f8", "<i8", "<i4", "|u1", "|b1", "<u8"})
 """Little-endian dtypes accepted off the wire; anything else is rejected."""
+MAX_ARRAY_DIMENSIONS = 8
+"""Arrays with more dimensions are rejected."""
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 """Frames larger than this are rejected before decoding."""
 WORLD = -1
@@ -52,12 +55,14 @@ class Message:
 
 
 def _encode_array(array: np.ndarray) -> msgpack.ExtType:
-    array = np.ascontiguousarray(array).reshape(array.shape)  # keeps 0-d arrays 0-d
+    """Extension payload: dtype string (3 ASCII bytes), ndim (1 byte), shape (ndim × int64 LE),
+    then the raw little-endian data."""
     dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
     if dtype.str not in ALLOWED_DTYPES:
         raise CodecError("bad_dtype", f"cannot send arrays of dtype {array.dtype}")
-    header = msgpack.packb([dtype.str, list(array.shape)])
-    return msgpack.ExtType(ARRAY_EXT_CODE, header + array.astype(dtype, copy=False).tobytes())
+    header = struct.pack(f"<3sB{array.ndim}q", dtype.str.encode(), array.ndim, *array.shape)
+    data = np.ascontiguousarray(array, dtype=dtype).tobytes()
+    return msgpack.ExtType(ARRAY_EXT_CODE, header + data)
 
 
 def _default(value: Any) -> Any:
@@ -71,25 +76,26 @@ def _default(value: Any) -> Any:
 def _decode_array(code: int, data: bytes) -> np.ndarray:
     if code != ARRAY_EXT_CODE:
         raise CodecError("bad_extension", f"unknown msgpack extension {code}")
-    unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(data))
-    unpacker.feed(data)
-    try:
-        dtype_str, shape = unpacker.unpack()
-    except (ValueError, msgpack.OutOfData, TypeError) as error:
-        raise CodecError("bad_array", "array header is not [dtype, shape]") from error
-    offset = unpacker.tell()
+    if len(data) < 4:
+        raise CodecError("bad_array", "array header is truncated")
+    dtype_str = data[:3].decode("ascii", errors="replace")
     if dtype_str not in ALLOWED_DTYPES:
         raise CodecError("bad_dtype", f"dtype {dtype_str!r} is not allowed")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise CodecError("bad_array", f"shape {shape!r} is not a list of sizes")
+    ndim = data[3]
+    offset = 4 + 8 * ndim
+    if ndim > MAX_ARRAY_DIMENSIONS or len(data) < offset:
+        raise CodecError("bad_array", f"array header with {ndim} dimensions is malformed")
+    shape = struct.unpack_from(f"<{ndim}q", data, 4)
+    if any(size < 0 for size in shape):
+        raise CodecError("bad_array", f"shape {list(shape)} has a negative size")
     dtype = np.dtype(dtype_str)
     expected = math.prod(shape) * dtype.itemsize
-    payload = data[offset:]
-    if len(payload) != expected:
+    if len(data) - offset != expected:
         raise CodecError(
-            "bad_array", f"shape {shape} of {dtype_str} needs {expected} bytes, got {len(payload)}"
+            "bad_array",
+            f"shape {list(shape)} of {dtype_str} needs {expected} bytes, got {len(data) - offset}",
         )
-    return np.frombuffer(payload, dtype=dtype).reshape(tuple(shape))
+    return np.frombuffer(data, dtype=dtype, offset=offset).reshape(shape)
 
 
 def encode(message: Message) -> bytes:

@@ -20,14 +20,13 @@ from p2pmarl.envs import make_env
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
 from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
-from p2pmarl.runtime.world_link import LinkTimeout, WorldServer
+from p2pmarl.runtime.world_link import LinkTimeout, WorldServer, env_groups
 
 
 @dataclass
 class StepResult:
-    """What the K copies produced in one step, before it is split per agent."""
+    """What one group of copies produced in one step, before it is split per agent."""
 
-    observations: list[list[np.ndarray]]
     rewards: np.ndarray
     dones: np.ndarray
     joint_actions: np.ndarray
@@ -44,18 +43,21 @@ class VectorWorld:
         seeds = np.random.SeedSequence(seed).generate_state(len(self.envs))
         self.observations = [env.reset(int(s)) for env, s in zip(self.envs, seeds, strict=True)]
 
-    def step(self, joint_actions: np.ndarray) -> StepResult:
-        """Step every copy with its row of the (K, N) joint action; reset finished copies."""
-        n_envs, n_agents = joint_actions.shape
-        rewards = np.zeros((n_envs, n_agents), dtype=np.float32)
-        dones = np.zeros(n_envs, dtype=bool)
-        for k, env in enumerate(self.envs):
-            observations, rewards[k], dones[k] = env.step(joint_actions[k].tolist())
-            self.observations[k] = env.reset() if dones[k] else observations
-        return StepResult(self.observations, rewards, dones, joint_actions)
+    def step(self, rows: range, joint_actions: np.ndarray) -> StepResult:
+        """Step copies ``rows`` with their rows of the joint action; reset finished copies."""
+        n_agents = joint_actions.shape[1]
+        rewards = np.zeros((len(rows), n_agents), dtype=np.float32)
+        dones = np.zeros(len(rows), dtype=bool)
+        for index, k in enumerate(rows):
+            observations, rewards[index], dones[index] = self.envs[k].step(
+                joint_actions[index].tolist()
+            )
+            self.observations[k] = self.envs[k].reset() if dones[index] else observations
+        return StepResult(rewards, dones, joint_actions)
 
-    def agent_observations(self, agent: int) -> np.ndarray:
-        return np.stack([obs[agent] for obs in self.observations]).astype(np.float32, copy=False)
+    def agent_observations(self, agent: int, rows: range) -> np.ndarray:
+        """Agent ``agent``'s observation block for copies ``rows``, float32 (len(rows), d_i)."""
+        return np.stack([self.observations[k][agent] for k in rows]).astype(np.float32, copy=False)
 
     def close(self) -> None:
         for env in self.envs:
@@ -105,26 +107,39 @@ class World:
         self.events.record({"event": "stopped", "rejected": dict(self.server.rejected)})
 
     def _rollout(self, iteration: int) -> None:
-        """T lock-step steps; message t carries o_t and the outcome of step t−1."""
-        previous: StepResult | None = None
-        for t in range(self.config.rollout_length + 1):
-            last = t == self.config.rollout_length
-            for learner in range(self.learners):
-                body = self._step_body(learner, t, previous, last)
-                self.server.send(learner, "step", iteration, body)
-            if last:
-                return
-            actions = self._gather_actions(iteration, t)
-            previous = self.vector.step(actions)
+        """T steps of every copy, pipelined over :func:`env_groups`.
 
-    def _step_body(self, agent: int, t: int, previous: StepResult | None, last: bool) -> dict:
+        Message (t, g) carries o_t of group g and the outcome of its step t−1; each agent answers
+        every message but the last (t = T) with its actions for that group.
+        """
+        groups = env_groups(self.config.n_envs)
+        T = self.config.rollout_length
+        for group, rows in enumerate(groups):
+            self._send_step(iteration, 0, group, rows, None)
+        for t in range(T):
+            for group, rows in enumerate(groups):
+                actions = self._gather_actions(iteration, t, group, rows)
+                outcome = self.vector.step(rows, actions)
+                self._send_step(iteration, t + 1, group, rows, outcome)
+
+    def _send_step(
+        self, iteration: int, t: int, group: int, rows: range, previous: StepResult | None
+    ) -> None:
+        for learner in range(self.learners):
+            body = self._step_body(learner, t, group, rows, previous)
+            self.server.send(learner, "step", iteration, body)
+
+    def _step_body(
+        self, agent: int, t: int, group: int, rows: range, previous: StepResult | None
+    ) -> dict:
         if self.centralized:
             observations = np.concatenate(
-                [self.vector.agent_observations(i) for i in range(self.n_agents)], axis=1
+                [self.vector.agent_observations(i, rows) for i in range(self.n_agents)], axis=1
             )
         else:
-            observations = self.vector.agent_observations(agent)
-        body: dict = {"t": t, "last": last, "obs": observations}
+            observations = self.vector.agent_observations(agent, rows)
+        last = t == self.config.rollout_length
+        body: dict = {"t": t, "group": group, "last": last, "obs": observations}
         if previous is not None:
             rewards = previous.rewards if self.centralized else previous.rewards[:, agent]
             body["reward"] = np.ascontiguousarray(rewards)
@@ -132,21 +147,30 @@ class World:
             body["joint_action"] = previous.joint_actions
         return body
 
-    def _gather_actions(self, iteration: int, t: int) -> np.ndarray:
+    def _gather_actions(self, iteration: int, t: int, group: int, rows: range) -> np.ndarray:
         timeout = self.config.phase_timeout if t == 0 else self.config.step_timeout
         replies = self.server.gather("act", iteration, timeout)
+        for message in replies.values():
+            if (message.body.get("t"), message.body.get("group")) != (t, group):
+                raise CodecError(
+                    "out_of_order",
+                    f"learner {message.sender} answered step {message.body.get('t')} group "
+                    f"{message.body.get('group')}, expected step {t} group {group}",
+                )
         if self.centralized:
-            return self._check_actions(range(self.n_agents), replies[0])
-        joint = np.empty((self.config.n_envs, self.n_agents), dtype=np.int64)
+            return self._check_actions(range(self.n_agents), len(rows), replies[0])
+        joint = np.empty((len(rows), self.n_agents), dtype=np.int64)
         for agent, message in replies.items():
-            joint[:, agent] = self._check_actions([agent], message)[:, 0]
+            joint[:, agent] = self._check_actions([agent], len(rows), message)[:, 0]
         return joint
 
-    def _check_actions(self, agents: Sequence[int], message: Message) -> np.ndarray:
+    def _check_actions(
+        self, agents: Sequence[int], n_rows: int, message: Message
+    ) -> np.ndarray:
         """Validate a learner's actions for ``agents``; a bad reply is a protocol error."""
-        shape = (self.config.n_envs, len(agents)) if self.centralized else (self.config.n_envs,)
+        shape = (n_rows, len(agents)) if self.centralized else (n_rows,)
         actions = require_array(message.body, "actions", shape=shape, dtype="<i8")
-        actions = actions.reshape(self.config.n_envs, len(agents))
+        actions = actions.reshape(n_rows, len(agents))
         limits = np.array([self.vector.spec.action_sizes[a] for a in agents])
         if actions.min() < 0 or (actions >= limits).any():
             raise CodecError(

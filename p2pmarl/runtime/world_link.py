@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -24,6 +24,16 @@ CLOSE_LINGER_MS = 1000
 """How long closing the world socket may wait for queued frames to go out."""
 
 
+def env_groups(n_envs: int) -> list[range]:
+    """Split the K copies into two halves that are stepped and acted on in turn (one if K = 1).
+
+    While the world steps one half, the agents compute their actions for the other, so the
+    world's environment stepping and the agents' inference overlap instead of alternating.
+    """
+    half = (n_envs + 1) // 2
+    return [range(0, half), range(half, n_envs)] if n_envs > 1 else [range(0, n_envs)]
+
+
 class LinkTimeout(TimeoutError):
     """The other side of the world link did not answer in time."""
 
@@ -34,6 +44,7 @@ class WorldServer:
     def __init__(self, endpoint: str, n_agents: int, context: zmq.Context | None = None) -> None:
         self.n_agents = n_agents
         self.rejected: Counter[str] = Counter()
+        self._held: dict[int, deque[Message]] = {}
         self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -54,9 +65,16 @@ class WorldServer:
     def gather(
         self, kind: str, round: int, timeout: float, agents: Iterable[int] | None = None
     ) -> dict[int, Message]:
-        """Wait for one ``kind`` message of ``round`` from each agent, or raise LinkTimeout."""
+        """Wait for one ``kind`` message of ``round`` from each agent, or raise LinkTimeout.
+
+        An agent may run ahead (pipelined rollouts): its later messages are held, in order, for
+        the next gather instead of being dropped.
+        """
         waiting = set(range(self.n_agents) if agents is None else agents)
         received: dict[int, Message] = {}
+        for agent in sorted(waiting):
+            if self._held.get(agent):
+                self._take(self._held[agent].popleft(), kind, round, waiting, received)
         deadline = time.monotonic() + timeout
         while waiting:
             remaining = deadline - time.monotonic()
@@ -67,12 +85,25 @@ class WorldServer:
             message = self._receive(remaining)
             if message is None:
                 continue
-            if message.kind != kind or message.round != round or message.sender not in waiting:
-                self._reject("unexpected", f"{message.kind} r{message.round} from {message.sender}")
+            if message.sender not in waiting:
+                self._held.setdefault(message.sender, deque()).append(message)
                 continue
-            received[message.sender] = message
-            waiting.discard(message.sender)
+            self._take(message, kind, round, waiting, received)
         return received
+
+    def _take(
+        self,
+        message: Message,
+        kind: str,
+        round: int,
+        waiting: set[int],
+        received: dict[int, Message],
+    ) -> None:
+        if message.kind != kind or message.round != round:
+            self._reject("unexpected", f"{message.kind} r{message.round} from {message.sender}")
+            return
+        received[message.sender] = message
+        waiting.discard(message.sender)
 
     def _receive(self, timeout: float) -> Message | None:
         if not self._poller.poll(max(1, int(timeout * 1000))):
