@@ -26,6 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 K = 4
 CONTROL = {"hello", "heartbeat"}
 ADMM_CONTROL_FIELDS = {"activation", "version", "fingerprint", "reply"}
+WORLD_TO_AGENT = {"t", "group", "last", "obs", "reward", "done", "joint_action"}
+AGENT_TO_WORLD = {("ready", ()), ("act", ("actions", "group", "t"))}
 
 
 def _recording_encoder(log: Path):
@@ -66,15 +68,16 @@ def test_only_allowed_content_crosses_each_wire(algo, tmp_path, monkeypatch, no_
         sender, receiver = row["sender"], row["receiver"]
         if sender == WORLD:
             assert row["kind"] in {"step", "stop"}
-            assert set(row["keys"]) <= {"t", "last", "obs", "reward", "done", "joint_action"}
+            assert set(row["keys"]) <= WORLD_TO_AGENT
             if "reward" in row["shapes"]:
-                assert row["shapes"]["reward"] == [K], "an agent got someone else's reward"
+                rows = row["shapes"]["done"][0]  # copies in this pipeline group
+                assert row["shapes"]["reward"] == [rows], "an agent got someone else's reward"
                 own = env_spec("spread", 4).observation_sizes[receiver]
-                assert row["shapes"]["obs"] == [K, own], "an agent got someone else's observation"
+                assert row["shapes"]["obs"] == [rows, own], "someone else's observation"
         elif receiver == WORLD:
-            assert (row["kind"], tuple(row["keys"])) in {("ready", ()), ("act", ("actions",))}
+            assert (row["kind"], tuple(row["keys"])) in AGENT_TO_WORLD
             if row["kind"] == "act":
-                assert row["shapes"]["actions"] == [K]
+                assert row["shapes"]["actions"] == [K // 2]
         else:
             assert receiver in topology.neighbours(sender), row
             assert row["kind"] in peer_kinds, row
