@@ -82,15 +82,10 @@ class LaunchResult:
 
 
 def _die_with_parent() -> None:
-    """Child-side: get SIGKILL when the launcher dies, so no process is ever orphaned.
-
-    Also fixes glibc's mmap threshold at 128 KiB: with the default dynamic threshold, the large
-    temporaries of every TRPO step end up on the heap and the peak RSS keeps creeping up.
-    """
+    """Child-side: get SIGKILL when the launcher dies, so no process is ever orphaned."""
     try:
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
 
