@@ -80,12 +80,31 @@ def conjugate_gradient(
     so H (the KL Hessian) is never formed; MATRPO eq. (22) uses the same H̄⁻¹V. Starts at x=0
     and stops after ``iterations`` or when the squared residual falls below ``residual_tol``.
     """
-    x = torch.zeros_like(b)
-    residual = b.clone()
-    direction = b.clone()
+    return solve_conjugate_gradient(fvp, b, iterations, residual_tol=residual_tol)[0]
+
+
+def solve_conjugate_gradient(
+    fvp: FisherVectorProduct,
+    b: Tensor,
+    iterations: int,
+    *,
+    initial: Tensor | None = None,
+    relative_tolerance: float = 0.0,
+    residual_tol: float = 1e-10,
+) -> tuple[Tensor, float]:
+    """:func:`conjugate_gradient` from an ``initial`` guess; also returns ‖b − Hx‖/‖b‖.
+
+    Stops after ``iterations``, or once the relative residual is at most ``relative_tolerance``
+    (checked before every iteration, so a good warm start costs one product), or when the squared
+    residual falls below ``residual_tol``.
+    """
+    x = torch.zeros_like(b) if initial is None else initial.clone()
+    residual = b.clone() if initial is None else b - fvp(x)
+    direction = residual.clone()
     residual_sq = residual.dot(residual)
+    b_norm = float(b.norm()) or 1.0
     for _ in range(iterations):
-        if residual_sq <= residual_tol:
+        if residual_sq <= residual_tol or float(residual_sq.sqrt()) <= relative_tolerance * b_norm:
             break
         product = fvp(direction)
         alpha = residual_sq / direction.dot(product)
@@ -94,7 +113,7 @@ def conjugate_gradient(
         new_residual_sq = residual.dot(residual)
         direction = residual + (new_residual_sq / residual_sq) * direction
         residual_sq = new_residual_sq
-    return x
+    return x, float(residual_sq.sqrt()) / b_norm
 
 
 def make_fisher_vector_product(
