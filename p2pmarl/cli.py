@@ -1,4 +1,5 @@
-"""The ``p2pmarl`` command: launch runs, check and draw topology files."""
+"""The ``p2pmarl`` command: launch runs, check and draw topology files, inspect and evaluate
+runs."""
 
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ _FLAG_HELP = {
     "connect_timeout": "seconds for processes to start and connect",
     "step_timeout": "seconds the world waits for an action",
     "phase_timeout": "seconds the world waits for agents to finish learning",
+    "faults": "fault spec file of injected link failures (docs/faults.md)",
+    "drop": "probability that any peer message is lost (replaces the spec's drop)",
 }
 
 
@@ -69,7 +72,36 @@ def build_parser() -> argparse.ArgumentParser:
     show = topology_commands.add_parser("show", help="draw the graph to a PNG")
     show.add_argument("file")
     show.add_argument("--png", required=True, metavar="OUT")
+    _add_inspect_commands(commands)
     return parser
+
+
+def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:
+    """``inspect`` and ``evaluate`` (docs/inspect.md)."""
+    inspect = commands.add_parser(
+        "inspect", help="report consensus residuals, learning and faults of runs; plots"
+    )
+    inspect.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    inspect.add_argument("--json", action="store_true", help="print the inspection JSON")
+    inspect.add_argument("--plot", metavar="DIR", help="write the figures (PNG) into DIR")
+    inspect.add_argument(
+        "--live", action="store_true", help="refresh the report until every run has finished"
+    )
+    inspect.add_argument(
+        "--interval", type=float, default=2.0, metavar="S", help="--live refresh (default: 2 s)"
+    )
+    inspect.add_argument(
+        "--max-seconds", type=float, default=None, metavar="S",
+        help="--live gives up after S seconds (default: no limit)",
+    )
+    evaluate = commands.add_parser(
+        "evaluate", help="replay a run's latest checkpoints with deterministic actions"
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--episodes", type=int, default=10, help="episodes (default: 10)")
+    evaluate.add_argument("--gif", metavar="OUT", help="render the first episode to this GIF")
+    evaluate.add_argument("--seed", type=int, default=0, help="environment seed (default: 0)")
+    evaluate.add_argument("--json", action="store_true", help="print the result as JSON")
 
 
 def _default_topology(path: str) -> str:
@@ -138,12 +170,57 @@ def _run_topology(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_inspect(args: argparse.Namespace) -> int:
+    from p2pmarl.inspection import collect, format_report, watch, write_plots
+    from p2pmarl.inspection.report import reports_renderable
+
+    if args.live and args.json:
+        raise ConfigError("--live shows the report; it cannot be combined with --json")
+    if not args.interval > 0:
+        raise ConfigError(f"--interval must be > 0 seconds, got {args.interval}")
+
+    def refresh() -> list[dict]:
+        return [collect(path) for path in args.run_dirs]
+
+    reports = refresh()
+    if args.live:
+        reports = watch(refresh, args.interval, args.max_seconds)
+    elif args.json:
+        print(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    elif sys.stdout.isatty():
+        from rich.console import Console
+
+        Console().print(reports_renderable(reports))
+    else:
+        print(format_report(reports), end="")
+    if args.plot:
+        for path in write_plots(args.run_dirs, args.plot):
+            print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    return 0
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from p2pmarl.evaluate import evaluate, format_evaluation
+
+    if args.episodes < 1:
+        raise ConfigError(f"--episodes must be ≥ 1, got {args.episodes}")
+    result = evaluate(args.run_dir, args.episodes, gif=args.gif, seed=args.seed)
+    print(json.dumps(result, indent=2) if args.json else format_evaluation(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    from p2pmarl.inspection.data import RunDirectoryError
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "launch":
             return _run_launch(args)
+        if args.command == "inspect":
+            return _run_inspect(args)
+        if args.command == "evaluate":
+            return _run_evaluate(args)
         return _run_topology(args)
-    except (ConfigError, TopologyError) as error:
+    except (ConfigError, TopologyError, RunDirectoryError) as error:
         print(f"p2pmarl: error: {error}", file=sys.stderr)
         return 2

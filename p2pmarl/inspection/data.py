@@ -16,6 +16,7 @@ import json
 import math
 import os
 import statistics
+import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ SCHEMA = "p2pmarl.inspect/1"
 """Value of the ``schema`` key; bumped when a field changes meaning."""
 FAULTS_FILE = "faults.jsonl"
 """Fault-injection events, one JSON object a line (written by the fault injector, issue 4)."""
+
+STARTING_SECONDS = 60.0
+"""A run directory without pids.json is taken as starting up for this long after config.json."""
 
 Edge = tuple[int, int]
 
@@ -53,7 +57,7 @@ class RunRecords:
     admm: dict[int, list[dict[str, Any]]]
     """agent → its admm.jsonl records, records superseded by a resume dropped."""
     status: str
-    """completed, failed, interrupted (summary.json), running or incomplete (no summary yet)."""
+    """completed, failed, interrupted (summary.json); starting, running or incomplete (none)."""
     summary: dict[str, Any] | None
     """summary.json when it belongs to the latest launch of this directory, else None."""
     faults: list[dict[str, Any]] = field(default_factory=list)
@@ -129,12 +133,20 @@ def current_summary(run_dir: RunDir) -> dict[str, Any] | None:
 
 
 def _unfinished_status(run_dir: RunDir) -> str:
-    """``running`` while a process listed in pids.json is alive, else ``incomplete``."""
+    """``running`` while a process listed in pids.json is alive; ``starting`` before the
+    launcher wrote pids.json (for at most :data:`STARTING_SECONDS`); else ``incomplete``."""
     try:
         pids = json.loads(run_dir.pids.read_text()).values()
     except (OSError, json.JSONDecodeError, AttributeError):
-        return "incomplete"
+        return "starting" if _age_seconds(run_dir.config) < STARTING_SECONDS else "incomplete"
     return "running" if any(_alive(pid) for pid in pids) else "incomplete"
+
+
+def _age_seconds(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return math.inf
 
 
 def _alive(pid: object) -> bool:

@@ -33,7 +33,7 @@ from p2pmarl.inspection.data import (
 from p2pmarl.topology import draw_topology
 
 RESIDUALS = (
-    ("disagreement_rms", "disagreement ‖ℓ^i − ℓ^j‖ RMS"),
+    ("disagreement_rms", "disagreement RMS(ℓ^i − ℓ^j)"),
     ("primal_rms", "primal residual RMS"),
     ("dual_rms", "dual residual RMS"),
 )
@@ -44,13 +44,12 @@ def _figure(width: float, height: float) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(width, height), dpi=110)
+    figure = Figure(figsize=(width, height), dpi=110, layout="constrained")
     FigureCanvasAgg(figure)
     return figure
 
 
 def _save(figure: Any, path: Path) -> Path:
-    figure.tight_layout()
     figure.savefig(path)
     return path
 
@@ -143,8 +142,7 @@ def plot_heatmap(
         ax.set_title(label, fontsize=9)
     if image is not None:
         figure.colorbar(image, ax=list(axes), label="last disagreement RMS of the phase")
-    figure.savefig(path)
-    return path
+    return _save(figure, path)
 
 
 def plot_learning_curves(
@@ -152,6 +150,8 @@ def plot_learning_curves(
     path: Path,
 ) -> Path:
     """(c) team return per run (left) and every agent's own return (right)."""
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(12, 4.5)
     team_ax, agent_ax = figure.subplots(1, 2)
     for run_index, (data, label) in enumerate(zip(reports, labels, strict=True)):
@@ -165,6 +165,7 @@ def plot_learning_curves(
     team_ax.set_title("team return Σ_i mean own episode return", fontsize=10)
     agent_ax.set_title("own return per agent", fontsize=10)
     for ax in (team_ax, agent_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("training iteration")
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=7)

@@ -134,13 +134,15 @@ def reports_renderable(reports: Sequence[dict[str, Any]]) -> RenderableType:
     return Group(*parts)
 
 
-def format_report(data: dict[str, Any] | Sequence[dict[str, Any]], width: int = REPORT_WIDTH) -> str:
+def format_report(
+    data: dict[str, Any] | Sequence[dict[str, Any]], width: int = REPORT_WIDTH
+) -> str:
     """The report of one run (or several) as plain text: tables, no colour codes."""
     reports = [data] if isinstance(data, dict) else list(data)
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     console.print(reports_renderable(reports))
-    return buffer.getvalue()
+    return "\n".join(line.rstrip() for line in buffer.getvalue().splitlines()) + "\n"
 
 
 def all_finished(reports: Sequence[dict[str, Any]]) -> bool:
