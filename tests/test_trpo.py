@@ -397,3 +397,18 @@ def test_minimal_adam_matches_torch_adam_step_for_step():
     restored = Adam(torch.nn.Linear(4, 3).parameters())
     restored.load_state_dict(ours.state_dict())
     assert restored.step_count == 25
+
+
+def test_standardized_value_net_fits_large_returns_in_one_iteration():
+    from p2pmarl.algos.adam import Adam
+    from p2pmarl.algos.networks import ValueNet
+    from p2pmarl.algos.trpo import fit_value
+
+    torch.manual_seed(0)
+    net = ValueNet(3, (16,))
+    observations = torch.randn(512, 3)
+    returns = -200 + 30 * observations[:, 0]
+    loss = fit_value(net, Adam(net.parameters(), lr=1e-3), observations, returns, 5, 64,
+                     np.random.default_rng(0))
+    assert loss < 0.5  # standardized MSE: most of the variance explained in 5 epochs
+    assert float(torch.mean((net(observations) - returns) ** 2)) < 0.5 * 30**2

@@ -20,6 +20,7 @@ from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import Batch
 from p2pmarl.algos.networks import (
     CategoricalPolicy,
+    ValueNet,
     flat_gradient,
     flat_parameters,
     set_flat_parameters,
@@ -354,22 +355,28 @@ def fit_value(
     minibatch_size: int,
     rng: np.random.Generator,
 ) -> float:
-    """Regress V(o) on the λ-returns by minibatch Adam; returns the final full-batch MSE.
+    """Regress V(o) on the λ-returns by minibatch Adam; returns the final full-batch MSE
+    (in standardized units for a :class:`ValueNet`, whose statistics are updated first).
 
     The target of eq. (19)'s V is the return A + V_old (Schulman et al., 2016, section 5).
     ``rng`` shuffles the minibatches so the fit is reproducible from the agent's seed.
     """
+    standardize = isinstance(value_net, ValueNet)
+    if standardize:
+        value_net.update_statistics(returns)
+        returns = (returns - value_net.shift) / value_net.scale
+    predict = value_net.standardized if standardize else value_net
     n_samples = observations.shape[0]
     for _ in range(epochs):
         order = torch.from_numpy(rng.permutation(n_samples))
         for start in range(0, n_samples, minibatch_size):
             index = order[start : start + minibatch_size]
-            loss = torch.mean((value_net(observations[index]) - returns[index]) ** 2)
+            loss = torch.mean((predict(observations[index]) - returns[index]) ** 2)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
     with torch.no_grad():
-        return float(torch.mean((value_net(observations) - returns) ** 2))
+        return float(torch.mean((predict(observations) - returns) ** 2))
 
 
 @dataclass(frozen=True)
