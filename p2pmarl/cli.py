@@ -4,6 +4,7 @@ runs."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ _FLAG_HELP = {
     "initial_dual": "initial ADMM dual value",
     "admm_message_timeout": "seconds to wait for a neighbour's ADMM message",
     "fisher_subsample": "use every k-th sample in Fisher-vector products",
+    "advantage_normalization": "own (standardize with own statistics) or none",
     "connect_timeout": "seconds for processes to start and connect",
     "step_timeout": "seconds the world waits for an action",
     "phase_timeout": "seconds the world waits for agents to finish learning",
@@ -40,12 +42,21 @@ _FLAG_HELP = {
 }
 
 
+def _flag_type(name: str) -> type:
+    """The Python type of a RunConfig field, from its annotation (``float | None`` → float)."""
+    annotation = str(next(f.type for f in dataclasses.fields(RunConfig) if f.name == name))
+    for candidate in (bool, int, float, str):
+        if annotation.split(" | ")[0] == candidate.__name__:
+            return candidate
+    return str
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     defaults = RunConfig()
     for name in FIELD_NAMES:
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name)
-        kind = type(default) if default is not None else (int if "iterations" in name else float)
+        kind = _flag_type(name)
         help_text = f"{_FLAG_HELP[name]} (default: {default})"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", default=None, help=help_text)

@@ -55,6 +55,8 @@ class RunConfig:
     """Exchange the paper's J·(θ−θ_old) instead of the true log ratio (eq. 22)."""
     initial_dual: float = 0.0
     """Initial value of every edge dual y at the start of an ADMM phase."""
+    advantage_normalization: str = "own"
+    """``own`` (standardize with the agent's own statistics) or ``none`` (raw advantages)."""
     admm_message_timeout: float = 30.0
     """Seconds an agent waits for one neighbour's ADMM message before aborting the activation."""
     fisher_subsample: int = 5
@@ -66,6 +68,10 @@ class RunConfig:
     """Seconds the world waits for an agent's action before declaring it unresponsive."""
     phase_timeout: float = 900.0
     """Seconds the world waits for agents to finish learning between rollouts."""
+    faults: str | None = None
+    """Fault spec file (YAML/JSON) of injected link failures, see docs/faults.md (None: none)."""
+    drop: float | None = None
+    """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
 
     @property
     def rollout_length(self) -> int:
@@ -88,12 +94,19 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
+        if self.advantage_normalization not in ("own", "none"):
+            raise ConfigError(
+                f"advantage_normalization must be 'own' or 'none', got "
+                f"{self.advantage_normalization!r}"
+            )
         if self.fisher_subsample < 1:
             raise ConfigError(f"fisher_subsample must be ≥ 1, got {self.fisher_subsample}")
         if not self.admm_message_timeout > 0:
             raise ConfigError("admm_message_timeout must be > 0 seconds")
         if self.admm_iterations is not None and self.admm_iterations < 1:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
+        if self.drop is not None and not 0 <= self.drop < 1:
+            raise ConfigError(f"drop must be a probability in [0, 1), got {self.drop}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -145,10 +158,11 @@ def load_experiment(path: str | Path) -> dict[str, Any]:
                 f"experiment file {path}: unknown setting {key!r}; known: {', '.join(FIELD_NAMES)}"
             )
         values[name] = _coerce(name, value, str(path))
-    if "topology" in values and not Path(values["topology"]).is_absolute():
-        candidate = path.parent / values["topology"]
-        if not Path(values["topology"]).exists() and candidate.exists():
-            values["topology"] = str(candidate)
+    for name in ("topology", "faults"):  # paths relative to the experiment file also work
+        if isinstance(values.get(name), str) and not Path(values[name]).is_absolute():
+            candidate = path.parent / values[name]
+            if not Path(values[name]).exists() and candidate.exists():
+                values[name] = str(candidate)
     return values
 
 

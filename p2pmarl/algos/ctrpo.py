@@ -54,7 +54,12 @@ class CTRPO(TrustRegionAgent):
         from p2pmarl.algos.matrpo import paper_defaults
 
         max_kl = config.max_kl or paper_defaults(spec.n_agents)[0] * spec.n_agents
-        return cls(spec, TRPOConfig(max_kl=max_kl, fisher_subsample=config.fisher_subsample), seed)
+        settings = TRPOConfig(
+            max_kl=max_kl,
+            fisher_subsample=config.fisher_subsample,
+            advantage_normalization=config.advantage_normalization,
+        )
+        return cls(spec, settings, seed)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Joint action (K, N): one draw from every head."""

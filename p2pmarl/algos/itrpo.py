@@ -61,6 +61,11 @@ class TRPOConfig:
     """Passes over the batch per value fit; 1-10."""
     value_minibatch: int = 256
     """Samples per value-fit minibatch; 64-1024."""
+    advantage_normalization: str = "own"
+    """``own``: standardize advantages with the agent's own batch statistics (BRIEF); ``none``:
+    raw advantages, which keeps the reward scales of different agents comparable in MATRPO's
+    consensus (agent 0 of spread is the only one rewarded for landmarks) without sharing any
+    statistic."""
     fisher_subsample: int = 5
     """Fisher-vector products use every k-th sample (1 = all; 5 as in OpenAI baselines' TRPO):
     CG dominates the cost and memory of a step, and the Fisher is a smooth average."""
@@ -79,6 +84,7 @@ class TRPOConfig:
             "value_epochs": self.value_epochs >= 0,
             "value_minibatch": self.value_minibatch >= 1,
             "fisher_subsample": self.fisher_subsample >= 1,
+            "advantage_normalization": self.advantage_normalization in ("own", "none"),
         }
         for name, valid in checks.items():
             if not valid:
@@ -132,7 +138,10 @@ class TrustRegionAgent(AgentAlgorithm):
                 f"agent {self.agent_id} was given the batch of agent {batch.agent_id}; each "
                 f"agent learns only from its own observations and rewards"
             )
-        return prepare_on_policy_data(batch, self.value_net, self.config.gamma, self.config.lam)
+        return prepare_on_policy_data(
+            batch, self.value_net, self.config.gamma, self.config.lam,
+            normalize_advantages=self.config.advantage_normalization == "own",
+        )
 
     def fit_value(self, data: OnPolicyData) -> float:
         """Fit V^i to own λ-returns (Adam, minibatches); returns the final MSE."""
@@ -232,7 +241,10 @@ class ITRPO(TrustRegionAgent):
         cls, agent_id: int, spec: EnvSpec, topology: Topology, config: RunConfig, seed: int
     ) -> ITRPO:
         """I-TRPO with the defaults of :class:`TRPOConfig` and the run's ``max_kl`` if set."""
-        trpo = TRPOConfig(fisher_subsample=config.fisher_subsample)
+        trpo = TRPOConfig(
+            fisher_subsample=config.fisher_subsample,
+            advantage_normalization=config.advantage_normalization,
+        )
         if config.max_kl is not None:
             trpo = dataclasses.replace(trpo, max_kl=config.max_kl)
         return cls(agent_id, spec, trpo, seed)

@@ -273,7 +273,9 @@ class MATRPO(TrustRegionAgent):
         max_kl, beta, budget = paper_defaults(spec.n_agents)
         settings = MATRPOConfig(
             trpo=TRPOConfig(
-                max_kl=config.max_kl or max_kl, fisher_subsample=config.fisher_subsample
+                max_kl=config.max_kl or max_kl,
+                fisher_subsample=config.fisher_subsample,
+                advantage_normalization=config.advantage_normalization,
             ),
             admm=ADMMConfig(
                 beta=config.beta or beta,

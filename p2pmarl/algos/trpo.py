@@ -425,7 +425,7 @@ def estimate_advantages(
 
 
 def prepare_on_policy_data(
-    batch: Batch, value_net: nn.Module, gamma: float, lam: float
+    batch: Batch, value_net: nn.Module, gamma: float, lam: float, normalize_advantages: bool = True
 ) -> OnPolicyData:
     """Agent i's own GAE (eqs. (18)-(19)) from its own reward, normalized with its own
     statistics, and the batch flattened for the policy and value updates."""
@@ -443,7 +443,9 @@ def prepare_on_policy_data(
     return OnPolicyData(
         observations=torch.as_tensor(observations, dtype=torch.float32),
         joint_actions=torch.as_tensor(joint_actions, dtype=torch.int64),
-        advantages=torch.from_numpy(normalize(advantages.reshape(-1))),
+        advantages=torch.from_numpy(
+            normalize(advantages.reshape(-1)) if normalize_advantages else advantages.reshape(-1)
+        ),
         returns=torch.from_numpy(returns.reshape(-1)),
         raw_advantage_std=float(advantages.std()),
     )

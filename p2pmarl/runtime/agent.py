@@ -23,16 +23,19 @@ from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import env_spec
 from p2pmarl.envs.base import EnvSpec
 from p2pmarl.runtime.codec import CodecError, Message, require_array
+from p2pmarl.runtime.faults import FaultyTransport, wrap_for_run
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
-from p2pmarl.runtime.transport import PeerTimeout, ZmqTransport
+from p2pmarl.runtime.transport import PeerTimeout, Transport, ZmqTransport
 from p2pmarl.runtime.world_link import LinkTimeout, WorldClient, env_groups
 from p2pmarl.topology import Topology, load_topology
 
 logger = logging.getLogger(__name__)
 
 STOP_TIMEOUT = 10.0
-"""Seconds an agent that finished its last iteration waits for the world's ``stop``."""
+"""Seconds an agent that finished its last iteration waits for the world's ``stop``, on top of
+``phase_timeout``: the world sends it once every agent is ready, and it waits that long for the
+slowest (peer phases end at different times, far apart when links fail)."""
 STEP = frozenset({"step"})
 STOP_OR_STEP = frozenset({"step", "stop"})
 
@@ -178,13 +181,18 @@ class AgentProcess:
         endpoints = json.loads(run_dir.endpoints.read_text())
         agent_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
         neighbours = () if self.algorithm.centralized else self.topology.neighbours(agent_id)
-        self.transport = ZmqTransport(agent_id, agent_endpoints, neighbours)
+        self.transport = self._peer_transport(agent_endpoints, neighbours)
         self.peers = PeerLink(self.transport, start_iteration)
         self.world = WorldClient(endpoints["world"], agent_id)
         self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
         self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))
         self.algorithm.record = self.activations.record
         self.rollout = Rollout(agent_id, self.spec, self.config, self.algorithm.centralized)
+
+    def _peer_transport(self, endpoints: dict[int, str], neighbours: tuple[int, ...]) -> Transport:
+        """ZeroMQ to the neighbours, wrapped in a :class:`FaultyTransport` if the run has faults."""
+        transport = ZmqTransport(self.agent_id, endpoints, neighbours)
+        return wrap_for_run(transport, self.run_dir, self.config, self.topology)
 
     def run(self) -> None:
         connect_seconds = self.transport.wait_connected(self.config.connect_timeout)
@@ -193,7 +201,7 @@ class AgentProcess:
         for iteration in range(self.start_iteration, self.config.iterations):
             self._iteration(iteration)
         try:
-            self.world.receive(frozenset({"stop"}), STOP_TIMEOUT)
+            self.world.receive(frozenset({"stop"}), self.config.phase_timeout + STOP_TIMEOUT)
         except LinkTimeout:
             logger.warning("no stop from the world; the last iteration is saved, exiting anyway")
 
@@ -205,6 +213,8 @@ class AgentProcess:
         stats = self.algorithm.local_update(batch)
         local_seconds = time.monotonic() - started - rollout_seconds
         self.peers.start_iteration(iteration)
+        if isinstance(self.transport, FaultyTransport):
+            self.transport.start_iteration(iteration)
         stats.update(self.algorithm.peer_phase(batch, self.peers))
         returns = self.rollout.tracker.take()
         if self.algorithm.centralized and len(returns):
@@ -220,6 +230,7 @@ class AgentProcess:
                 "time/iteration_seconds": time.monotonic() - started,
                 "net/bytes_sent": self.transport.sent_bytes,
                 "net/rejected": sum(self.transport.rejected.values()),
+                **self._fault_metrics(),
                 "sys/peak_rss_mb": peak_rss_megabytes(),
                 "sys/pss_mb": proportional_set_megabytes(),
                 **stats,
@@ -229,6 +240,13 @@ class AgentProcess:
         if done % self.config.checkpoint_every == 0 or done == self.config.iterations:
             self._save_checkpoint(done)
         self.world.send("ready", done, {})
+
+    def _fault_metrics(self) -> dict[str, int]:
+        """Injected faults on this agent's outgoing messages so far (none without faults)."""
+        if not isinstance(self.transport, FaultyTransport):
+            return {}
+        events = self.transport.events
+        return {"faults/dropped": events["drop"], "faults/delayed": events["delay"]}
 
     def _save_checkpoint(self, iterations_done: int) -> None:
         path = self.run_dir.checkpoint(self.agent_id, iterations_done)

@@ -133,8 +133,9 @@ def decode(frame: bytes) -> Message:
 def _validate_header(raw: Any) -> Message:
     if not isinstance(raw, dict) or set(raw) != set(_HEADER_FIELDS):
         raise CodecError("bad_schema", "frame is not a message header map")
-    if raw["v"] != WIRE_VERSION:
-        raise CodecError("bad_version", f"wire version {raw['v']!r}, expected {WIRE_VERSION}")
+    version = raw["v"]
+    if not isinstance(version, int) or isinstance(version, bool) or version != WIRE_VERSION:
+        raise CodecError("bad_version", f"wire version {version!r}, expected {WIRE_VERSION}")
     if not isinstance(raw["kind"], str) or not isinstance(raw["body"], dict):
         raise CodecError("bad_schema", "kind must be a string and body a map")
     for name in ("sender", "receiver", "round", "seq"):

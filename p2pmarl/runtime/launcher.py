@@ -29,6 +29,7 @@ from pathlib import Path
 from p2pmarl.algos import algorithm_class
 from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.envs import env_spec
+from p2pmarl.runtime import faults
 from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
 from p2pmarl.runtime.summary import build_summary
@@ -307,6 +308,8 @@ def launch(
 ) -> LaunchResult:
     """Run one training job end to end and return its summary."""
     topology = load_checked_topology(config)
+    fault_spec = faults.resolve_run_faults(config, topology)  # a bad spec fails before any start
+    faults.refuse_unexecuted_faults(fault_spec)
     learners = 1 if algorithm_class(config.algo).centralized else topology.n_agents
     if resume is None:
         run_dir, start = new_run_dir(config), 0
@@ -319,6 +322,7 @@ def launch(
             )
     socket_dir = Path(tempfile.mkdtemp(prefix="p2pmarl-", dir="/tmp"))
     write_run_files(run_dir, config, topology, socket_dir)
+    faults.write_run_spec(run_dir, fault_spec)  # faults_spec.json: what every agent injects
     launcher = Launcher(run_dir, config, learners, start)
     view = ProgressView(run_dir, config, learners, start, enabled=show_progress)
     started = time.monotonic()
@@ -343,6 +347,7 @@ def launch(
         run_dir, config, topology.n_agents, learners, status, time.monotonic() - started
     )
     summary["failed_process"] = culprit
+    summary.update(faults.summary_fields(run_dir, learners))  # faults.jsonl merged; counts
     write_json(run_dir.summary, summary)
     exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
     return LaunchResult(run_dir.root, summary, exit_code, messages)

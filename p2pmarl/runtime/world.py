@@ -14,13 +14,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import zmq
 
 from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import make_env
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
 from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
-from p2pmarl.runtime.world_link import LinkTimeout, WorldServer, env_groups
+from p2pmarl.runtime.world_link import CLOSE_LINGER_MS, LinkTimeout, WorldServer, env_groups
 
 
 @dataclass
@@ -204,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         return 3
     finally:
         world.close()
+        # The final ``stop`` frames are still queued: terminating the context waits (up to the
+        # linger) until they are out. The forked child then leaves with os._exit.
+        zmq.Context.instance().destroy(linger=CLOSE_LINGER_MS)
     logger.info("world finished")
     return 0
 
