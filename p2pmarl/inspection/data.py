@@ -258,7 +258,10 @@ def edge_report(records: RunRecords, edge: Edge, iterations: int) -> dict[str, A
         "edge": list(edge),
         "activations": len(done),
         "aborted": len(aborted),
-        "drops": len(aborted),
+        "drops": sum(
+            1 for event in records.faults
+            if event.get("event") == "drop" and sorted(event.get("edge") or []) == list(edge)
+        ),
         "down_seconds": 0.0,
         "abort_reasons": dict(Counter(str(r.get("reason", "")) for r in aborted)),
         "split": split_outcomes(records, edge),
