@@ -11,13 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
-import torch
-from torch import Tensor
 
 from p2pmarl.algos.base import Batch
 from p2pmarl.algos.itrpo import TRPOConfig, TrustRegionAgent
 from p2pmarl.algos.networks import sample_actions
-from p2pmarl.algos.trpo import make_categorical_fisher_vector_product, trpo_step
 from p2pmarl.envs.base import EnvSpec
 
 if TYPE_CHECKING:
@@ -74,27 +71,8 @@ class CTRPO(TrustRegionAgent):
     def local_update(self, batch: Batch) -> dict[str, float]:
         """GAE on the team reward, TRPO step on the joint surrogate E[exp(Σ_n ℓ_n)·A]."""
         data = self.prepare(batch)
-        observations, actions, advantages = data.observations, data.joint_actions, data.advantages
-        with torch.no_grad():
-            old_logits = self.policy(observations)
-            old_log_prob = self.policy.log_prob_from_logits(old_logits, actions).sum(dim=0)
-
-        def loss_fn() -> Tensor:
-            log_prob = self.policy.log_prob(observations, actions).sum(dim=0)
-            return -(torch.exp(log_prob - old_log_prob) * advantages).mean()
-
-        stats = trpo_step(
-            list(self.policy.parameters()),
-            loss_fn,
-            lambda: self.policy.kl(observations, old_logits),
-            max_kl=self.config.max_kl,
-            damping=self.config.damping,
-            cg_iterations=self.config.cg_iterations,
-            max_backtracks=self.config.max_backtracks,
-            accept_ratio=self.config.accept_ratio,
-            fvp=make_categorical_fisher_vector_product(
-                self.policy, observations[:: self.config.fisher_subsample], self.config.damping
-            ),
+        stats, _ = self.policy_step(
+            data.observations, data.joint_actions, data.advantages, joint=True
         )
         return {
             **stats.as_metrics(),

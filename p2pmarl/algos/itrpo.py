@@ -156,9 +156,10 @@ class TrustRegionAgent(AgentAlgorithm):
         )
 
     def policy_step(
-        self, observations: Tensor, actions: Tensor, advantages: Tensor
+        self, observations: Tensor, actions: Tensor, advantages: Tensor, joint: bool = False
     ) -> tuple[TRPOStats, Tensor]:
-        """One TRPO step on the surrogate Σ_heads mean(exp(log_ratio)·A) (TRPO eq. (14)).
+        """One TRPO step on the surrogate Σ_heads mean(exp(log_ratio)·A) (TRPO eq. (14)), or with
+        ``joint`` on mean(exp(Σ_heads log_ratio)·A), the ratio of the product policy (C-TRPO).
 
         ``actions`` is int64 (M, n_heads). Returns the step's statistics and the logits at
         θ_old, (M, Σ head_sizes).
@@ -166,10 +167,13 @@ class TrustRegionAgent(AgentAlgorithm):
         with torch.no_grad():
             old_logits = self.policy(observations)
             old_log_prob = self.policy.log_prob_from_logits(old_logits, actions)
+        if joint:
+            old_log_prob = old_log_prob.sum(dim=0)
 
         def loss_fn() -> Tensor:
             log_prob = self.policy.log_prob(observations, actions)
-            return surrogate_loss(log_prob, old_log_prob, advantages)
+            return surrogate_loss(log_prob.sum(dim=0) if joint else log_prob, old_log_prob,
+                                  advantages)
 
         def kl_fn() -> Tensor:
             return self.policy.kl(observations, old_logits)
