@@ -26,7 +26,7 @@ from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.faults import FaultyTransport, wrap_for_run
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
-from p2pmarl.runtime.transport import PeerTimeout, Transport, ZmqTransport
+from p2pmarl.runtime.transport import PeerTimeout, Transport, ZmqTransport, load_curve_keys
 from p2pmarl.runtime.world_link import LinkTimeout, WorldClient, env_groups
 from p2pmarl.topology import Topology, load_topology
 
@@ -191,7 +191,8 @@ class AgentProcess:
 
     def _peer_transport(self, endpoints: dict[int, str], neighbours: tuple[int, ...]) -> Transport:
         """ZeroMQ to the neighbours, wrapped in a :class:`FaultyTransport` if the run has faults."""
-        transport = ZmqTransport(self.agent_id, endpoints, neighbours)
+        curve = load_curve_keys(self.run_dir.root, self.agent_id, neighbours)
+        transport = ZmqTransport(self.agent_id, endpoints, neighbours, curve=curve)
         return wrap_for_run(transport, self.run_dir, self.config, self.topology)
 
     def run(self) -> None:

@@ -12,6 +12,7 @@ import datetime
 import gc
 import importlib
 import importlib.metadata
+import json
 import logging
 import multiprocessing
 import os
@@ -26,6 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zmq
+
 from p2pmarl.algos import algorithm_class
 from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.envs import env_spec
@@ -33,6 +36,7 @@ from p2pmarl.runtime import faults
 from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
 from p2pmarl.runtime.summary import build_summary
+from p2pmarl.runtime.transport import KEYS_DIR, agent_key_file, public_keys_file
 from p2pmarl.topology import Topology, load_topology
 
 POLL_INTERVAL = 0.25
@@ -158,7 +162,30 @@ def write_run_files(
     )
     topology.save_node_link(run_dir.topology)
     centralized = algorithm_class(config.algo).centralized
-    write_json(run_dir.endpoints, endpoints_for(topology, socket_dir, centralized))
+    endpoints = endpoints_for(topology, socket_dir, centralized)
+    write_json(run_dir.endpoints, endpoints)
+    keys = run_dir.root / KEYS_DIR
+    shutil.rmtree(keys, ignore_errors=True)  # a resumed run gets fresh keys
+    if any(address.startswith("tcp://") for address in endpoints["agents"].values()):
+        write_curve_keys(run_dir.root, [int(agent) for agent in endpoints["agents"]])
+
+
+def write_curve_keys(root: Path, agents: list[int]) -> None:
+    """One CURVE key pair per agent: ``keys/agent-I.key`` (0600) and ``keys/public.json``."""
+    (root / KEYS_DIR).mkdir(mode=0o700)
+    public = {}
+    for agent in agents:
+        public_key, secret_key = zmq.curve_keypair()
+        public[str(agent)] = public_key.decode("ascii")
+        text = json.dumps(
+            {"agent": agent, "public": public[str(agent)], "secret": secret_key.decode("ascii")}
+        )
+        descriptor = os.open(
+            agent_key_file(root, agent), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600
+        )
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text + "\n")
+    write_json(public_keys_file(root), public)
 
 
 def endpoints_for(topology: Topology, socket_dir: Path, centralized: bool = False) -> dict:

@@ -5,10 +5,16 @@ implementations: :class:`ZmqTransport` (one ROUTER socket bound per agent, one D
 neighbour; ipc:// on one host, tcp:// when the topology gives addresses) for real runs, and
 :class:`MemoryHub`/:class:`MemoryTransport` (thread-safe queues) for unit tests. Both reject, count
 and log malformed frames and frames from anyone who is not a graph neighbour.
+
+With :class:`CurveKeys` (on by default for tcp:// runs, see :func:`load_curve_keys`) the ZeroMQ
+links are encrypted and authenticated with CURVE: an agent's inbox accepts only connections
+that prove they hold a graph neighbour's secret key; any other peer fails the handshake and
+nothing of it reaches :meth:`Transport.receive`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import threading
@@ -16,9 +22,13 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 
 from p2pmarl.runtime.codec import CodecError, Message, decode, encode
 
@@ -172,8 +182,88 @@ def agent_of(identity: bytes) -> int | None:
     return int(number)
 
 
+def _z85_key(key: bytes | str) -> bytes:
+    """A CURVE key as 40 bytes of z85 text (accepts z85 text or the 32 raw bytes)."""
+    if isinstance(key, str):
+        key = key.encode("ascii")
+    if len(key) == 32:
+        key = z85.encode(key)
+    if len(key) != 40:
+        raise ValueError(f"a CURVE key is 32 raw bytes or 40 z85 characters, not {len(key)}")
+    return key
+
+
+@dataclass(frozen=True)
+class CurveKeys:
+    """One agent's CURVE key pair and its graph neighbours' public keys (z85 text, bytes)."""
+
+    public: bytes
+    secret: bytes
+    neighbours: dict[int, bytes] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "public", _z85_key(self.public))
+        object.__setattr__(self, "secret", _z85_key(self.secret))
+        object.__setattr__(
+            self, "neighbours", {int(a): _z85_key(k) for a, k in self.neighbours.items()}
+        )
+
+
+class _NeighbourKeys:
+    """ZAP credentials provider: admits exactly the given public keys (z85)."""
+
+    def __init__(self, agent_id: int, allowed: Iterable[bytes]) -> None:
+        self.agent_id = agent_id
+        self.allowed = frozenset(allowed)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.allowed:
+            return True
+        logger.warning(
+            "agent %d refused a CURVE connection from an unknown key %s",
+            self.agent_id,
+            key.decode("ascii", errors="replace"),
+        )
+        return False
+
+
+KEYS_DIR = "keys"
+"""Folder of RUN_DIR with ``agent-I.key`` (own key pair) and ``public.json`` (everyone's)."""
+
+
+def agent_key_file(run_dir_root: str | Path, agent_id: int) -> Path:
+    return Path(run_dir_root) / KEYS_DIR / f"agent-{agent_id}.key"
+
+
+def public_keys_file(run_dir_root: str | Path) -> Path:
+    return Path(run_dir_root) / KEYS_DIR / "public.json"
+
+
+def load_curve_keys(
+    run_dir_root: str | Path, agent_id: int, neighbours: Iterable[int]
+) -> CurveKeys | None:
+    """This agent's CURVE keys as the launcher wrote them; None when the run has no keys folder."""
+    if not (Path(run_dir_root) / KEYS_DIR).is_dir():
+        return None
+    own = json.loads(agent_key_file(run_dir_root, agent_id).read_text())
+    public = json.loads(public_keys_file(run_dir_root).read_text())
+    if own["public"] != public[str(agent_id)]:
+        raise ValueError(f"agent {agent_id}: key file and public.json disagree")
+    return CurveKeys(
+        public=own["public"].encode("ascii"),
+        secret=own["secret"].encode("ascii"),
+        neighbours={n: public[str(n)].encode("ascii") for n in neighbours},
+    )
+
+
 class ZmqTransport(Transport):
-    """ZeroMQ transport: bind a ROUTER at our endpoint, connect a DEALER to each neighbour's."""
+    """ZeroMQ transport: bind a ROUTER at our endpoint, connect a DEALER to each neighbour's.
+
+    With ``curve`` the ROUTER is a CURVE server whose ZAP handler admits only the neighbours'
+    public keys, and each DEALER is a CURVE client of that neighbour. The ZAP handler is bound
+    per context, so a CURVE transport without an explicit ``context`` gets its own, closed in
+    :meth:`close`.
+    """
 
     def __init__(
         self,
@@ -181,21 +271,60 @@ class ZmqTransport(Transport):
         endpoints: Mapping[int, str],
         neighbours: Iterable[int],
         context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
     ) -> None:
         super().__init__(agent_id, neighbours)
-        self._context = context or zmq.Context.instance()
+        self._own_context = curve is not None and context is None
+        if self._own_context:
+            self._context = zmq.Context()
+        else:
+            self._context = context or zmq.Context.instance()
+        self._authenticator: ThreadAuthenticator | None = None
+        self._outboxes: dict[int, zmq.Socket] = {}
+        self._inbox: zmq.Socket | None = None
+        try:
+            self._open(endpoints, curve)
+        except BaseException:
+            self.close()
+            raise
+        self._poller = zmq.Poller()
+        self._poller.register(self._inbox, zmq.POLLIN)
+
+    def _open(self, endpoints: Mapping[int, str], curve: CurveKeys | None) -> None:
+        agent_id = self.agent_id
+        if curve is not None:
+            if not zmq.has("curve"):
+                raise RuntimeError("this libzmq has no CURVE support; cannot secure tcp:// links")
+            missing = [n for n in self.neighbours if n not in curve.neighbours]
+            if missing:
+                raise ValueError(f"agent {agent_id}: no public key for neighbours {missing}")
+            self._authenticator = ThreadAuthenticator(self._context, log=logger)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback(
+                domain="*",
+                credentials_provider=_NeighbourKeys(
+                    agent_id, (curve.neighbours[n] for n in self.neighbours)
+                ),
+            )
         self._inbox = self._context.socket(zmq.ROUTER)
         self._inbox.setsockopt(zmq.LINGER, 0)
         self._inbox.setsockopt(zmq.RCVHWM, SEND_HIGH_WATER_MARK * 4)
+        if curve is not None:
+            self._inbox.curve_secretkey = curve.secret
+            self._inbox.curve_publickey = curve.public
+            self._inbox.curve_server = True
         self._inbox.bind(endpoints[agent_id])
-        self._outboxes: dict[int, zmq.Socket] = {}
         for neighbour in self.neighbours:
             socket = self._context.socket(zmq.DEALER)
+            self._outboxes[neighbour] = socket
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SNDHWM, SEND_HIGH_WATER_MARK)
             socket.setsockopt(zmq.IDENTITY, identity_of(agent_id))
+            if curve is not None:
+                socket.curve_secretkey = curve.secret
+                socket.curve_publickey = curve.public
+                socket.curve_serverkey = curve.neighbours[neighbour]
             socket.connect(endpoints[neighbour])
-            self._outboxes[neighbour] = socket
         self._poller = zmq.Poller()
         self._poller.register(self._inbox, zmq.POLLIN)
 
@@ -218,7 +347,14 @@ class ZmqTransport(Transport):
     def close(self) -> None:
         for socket in self._outboxes.values():
             socket.close(linger=0)
-        self._inbox.close(linger=0)
+        if self._inbox is not None:
+            self._inbox.close(linger=0)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+        if self._own_context:
+            self._context.term()
+            self._own_context = False
 
 
 class MemoryHub:
