@@ -27,6 +27,24 @@ def topology(name: str) -> str:
     return str(REPO / "topologies" / f"{name}.yaml")
 
 
+def ring3_itrpo_config(iterations: int, seed: int, out: Path) -> Any:
+    """The paper-sized I-TRPO run the runtime benchmarks share: spread N=3 on ring3,
+    M = 10,000 steps per iteration over 10 copies, 100-step episodes."""
+    from p2pmarl.config import RunConfig
+
+    return RunConfig(
+        topology=topology("ring3"),
+        env="spread",
+        algo="itrpo",
+        iterations=iterations,
+        steps_per_iteration=10000,
+        n_envs=10,
+        episode_length=100,
+        seed=seed,
+        out=str(out / "runs"),
+    ).validate()
+
+
 def machine() -> dict[str, Any]:
     """What the numbers were measured on (the doc adds the human description)."""
     import torch

@@ -22,15 +22,26 @@ import argparse
 import statistics
 from pathlib import Path
 
-from p2pmarl.config import RunConfig
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.rundir import RunDir
 from p2pmarl.runtime.summary import iteration_rows
 
 try:
-    from bench.common import RESULTS, emit, launch_failure, load_average, topology
+    from bench.common import (
+        RESULTS,
+        emit,
+        launch_failure,
+        load_average,
+        ring3_itrpo_config,
+    )
 except ModuleNotFoundError:  # run as ``python bench/NAME.py``: bench/ is on sys.path
-    from common import RESULTS, emit, launch_failure, load_average, topology
+    from common import (  # type: ignore[no-redef]
+        RESULTS,
+        emit,
+        launch_failure,
+        load_average,
+        ring3_itrpo_config,
+    )
 
 N_AGENTS = 3
 WINDOW = 5
@@ -54,17 +65,7 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=30)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    config = RunConfig(
-        topology=topology("ring3"),
-        env="spread",
-        algo="itrpo",
-        iterations=args.iterations,
-        steps_per_iteration=10000,
-        n_envs=10,
-        episode_length=100,
-        seed=args.seed,
-        out=str(args.out / "runs"),
-    ).validate()
+    config = ring3_itrpo_config(args.iterations, args.seed, args.out)
     load_before = load_average()
     launched = launch(config, show_progress=False)
     error = launch_failure(launched)

@@ -35,7 +35,6 @@ import resource
 import threading
 from pathlib import Path
 
-from p2pmarl.config import RunConfig
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.rundir import RunDir
 from p2pmarl.runtime.summary import iteration_rows
@@ -47,10 +46,17 @@ try:
         launch_failure,
         launcher_peak_rss_mb,
         load_average,
-        topology,
+        ring3_itrpo_config,
     )
 except ModuleNotFoundError:  # run as ``python bench/NAME.py``: bench/ is on sys.path
-    from common import RESULTS, emit, launch_failure, launcher_peak_rss_mb, load_average, topology
+    from common import (  # type: ignore[no-redef]
+        RESULTS,
+        emit,
+        launch_failure,
+        launcher_peak_rss_mb,
+        load_average,
+        ring3_itrpo_config,
+    )
 
 TARGET_MB = 300.0
 N_AGENTS = 3
@@ -130,17 +136,7 @@ def main() -> int:
     parser.add_argument("--sample-interval", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
-    config = RunConfig(
-        topology=topology("ring3"),
-        env="spread",
-        algo="itrpo",
-        iterations=args.iterations,
-        steps_per_iteration=10000,
-        n_envs=10,
-        episode_length=100,
-        seed=args.seed,
-        out=str(args.out / "runs"),
-    ).validate()
+    config = ring3_itrpo_config(args.iterations, args.seed, args.out)
     load_before = load_average()
     launcher_before = launcher_peak_rss_mb()
     sampler = Sampler(args.sample_interval)

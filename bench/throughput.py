@@ -38,15 +38,26 @@ import numpy as np
 import torch
 
 from p2pmarl.algos.itrpo import ITRPO, TRPOConfig
-from p2pmarl.config import RunConfig
 from p2pmarl.envs import env_spec, make_env
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl
 
 try:
-    from bench.common import RESULTS, emit, launch_failure, load_average, topology
+    from bench.common import (
+        RESULTS,
+        emit,
+        launch_failure,
+        load_average,
+        ring3_itrpo_config,
+    )
 except ModuleNotFoundError:  # run as ``python bench/NAME.py``: bench/ is on sys.path
-    from common import RESULTS, emit, launch_failure, load_average, topology
+    from common import (  # type: ignore[no-redef]
+        RESULTS,
+        emit,
+        launch_failure,
+        load_average,
+        ring3_itrpo_config,
+    )
 
 N_AGENTS = 3
 N_ENVS = 10
@@ -95,17 +106,7 @@ def single_process(steps: int, seed: int) -> dict:
 
 def multi_process(iterations: int, seed: int, out: Path) -> dict:
     """Transitions per second of the world's rollouts in a real launch (first one skipped)."""
-    config = RunConfig(
-        topology=topology("ring3"),
-        env="spread",
-        algo="itrpo",
-        iterations=iterations,
-        steps_per_iteration=10000,
-        n_envs=N_ENVS,
-        episode_length=EPISODE_LENGTH,
-        seed=seed,
-        out=str(out / "runs"),
-    ).validate()
+    config = ring3_itrpo_config(iterations, seed, out)
     launched = launch(config, show_progress=False)
     row: dict = {"kind": "multi_process", "run_dir": str(launched.run_dir)}
     error = launch_failure(launched)
