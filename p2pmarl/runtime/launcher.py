@@ -269,12 +269,19 @@ class Launcher:
     def watch(self, on_poll: Callable[[], None]) -> tuple[str, str | None]:
         """Wait until the world finishes or a process dies; returns (status, culprit)."""
         world, agents = self.children[0], self.children[1:]
+        finished_at: dict[str, float] = {}
         while True:
             on_poll()
             for child in agents:
                 code = child.poll()
-                if code is not None and (code != 0 or world.poll() is None):
+                if code is not None and code != 0:
                     return "failed", child.name
+                if code == 0:
+                    # An agent that finished cleanly is normal while the world is shutting
+                    # down; one that finished while the world keeps waiting for it is not.
+                    since = finished_at.setdefault(child.name, time.monotonic())
+                    if world.poll() is None and time.monotonic() - since > FINISH_GRACE:
+                        return "failed", child.name
             code = world.poll()
             if code is not None:
                 return ("completed", None) if code == 0 else ("failed", world.name)
