@@ -42,11 +42,11 @@ from p2pmarl.runtime.faults import (
     LinkDown,
     Partition,
     Window,
+    crash_iteration,
     load_spec,
     merge_fault_logs,
     parse_spec,
     read_run_spec,
-    refuse_unexecuted_faults,
     resolve_run_faults,
     write_run_spec,
 )
@@ -91,14 +91,21 @@ def test_example_file_parses_fits_ring6_and_round_trips() -> None:
     assert parse_spec(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
-def test_crash_entries_are_accepted_but_refused_at_launch(tmp_path: Path) -> None:
-    path = write_spec(tmp_path, "crash: [{agent: 4, at_iteration: 1, restart: false}]\n")
+def test_crash_entries_parse_with_iteration_or_seconds(tmp_path: Path) -> None:
+    path = write_spec(tmp_path, (
+        "crash:\n"
+        "  - {agent: 4, at_iteration: 1, restart: true}\n"
+        "  - {agent: 4, at_seconds: 2.5}\n"
+        "  - {agent: 1, at_iteration: 0}\n"
+    ))
     spec = load_spec(path, load_topology(RING6))
-    assert spec.crash[0].agent == 4 and spec.crash[0].at_iteration == 1
-    with pytest.raises(FaultSpecError, match=r"crash injection is not implemented yet"):
-        refuse_unexecuted_faults(spec)
-    refuse_unexecuted_faults(parse_spec({"drop": 0.1}))
-    refuse_unexecuted_faults(None)
+    assert [(c.agent, c.at_iteration, c.at_seconds, c.restart) for c in spec.crash] == [
+        (4, 1, None, True), (4, None, 2.5, False), (1, 0, None, False)
+    ]
+    assert crash_iteration(spec, 4, life=0) == 1
+    assert crash_iteration(spec, 4, life=1) is None  # its second process dies by the clock
+    assert crash_iteration(spec, 4, life=2) is None and crash_iteration(spec, 0, 0) is None
+    assert parse_spec(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
 SCHEMA_ERRORS = [
@@ -127,7 +134,9 @@ SCHEMA_ERRORS = [
     ("down: [{edge: [0, 1], from_iteration: -1}]", r"down\[0\].from_iteration: must be ≥ 0"),
     ("down: [{edge: [0, 1], from_seconds: 5, to_seconds: 5}]",
      r"down\[0\].to_seconds: 5.0 is not after"),
-    ("down: [{edge: [0, 1], from_activation: 5}]", r"down\[0\].from_activation: unknown key"),
+    ("down: [{edge: [0, 1], from_activation: 5, to_activation: 4}]",
+     r"down\[0\].to_activation: 4 is before from_activation 5"),
+    ("down: [{edge: [0, 1], from_activations: 5}]", r"down\[0\].from_activations: unknown key"),
     ("partitions: [{from_iteration: 1}]", r"partitions\[0\]: needs `edges`"),
     ("partitions: [{groups: [[0, 1], [1, 2]], from_iteration: 1}]",
      r"partitions\[0\].groups: an agent is in more than one group"),
@@ -135,6 +144,11 @@ SCHEMA_ERRORS = [
     ("crash: [{at_iteration: 1}]", r"crash\[0\].agent: is required"),
     ("crash: [{agent: 1, at_iteration: -1}]", r"crash\[0\].at_iteration: must be ≥ 0"),
     ("crash: [{agent: 1, at_iteration: 1, restart: 'yes'}]", r"crash\[0\].restart: must be true"),
+    ("crash: [{agent: 1}]", r"crash\[0\]: needs exactly one of at_iteration, at_seconds"),
+    ("crash: [{agent: 1, at_iteration: 1, at_seconds: 2}]", r"crash\[0\]: needs exactly one"),
+    ("crash: [{agent: 1, at_seconds: -2}]", r"crash\[0\].at_seconds: must be a finite number ≥ 0"),
+    ("crash: [{agent: 1, at_iteration: 1}, {agent: 1, at_iteration: 3}]",
+     r"crash\[1\]: agent 1 already crashed without restart"),
 ]
 
 
@@ -254,6 +268,72 @@ def test_windows_by_iteration_and_by_seconds() -> None:
     assert [reason(1, k, 0.0) for k in range(5)] == ["", "", "down", "down", ""]
     assert [reason(2, 0, s) for s in (9.9, 10.0, 19.9, 20.0)] == ["", "down", "down", ""]
     assert reason(1, 5, 0.0) == reason(2, 7, 0.0) == "partition"  # agent 0 cut off from the rest
+
+
+def test_activation_windows_apply_to_admm_messages_only() -> None:
+    window = Window(from_iteration=1, to_iteration=1, from_activation=10, to_activation=19)
+    injector = FaultInjector(FaultSpec(seed=0, down=(LinkDown((0, 1), window),)), 0, [1])
+
+    def reason(iteration: int, activation: int | None) -> str:
+        return injector.decide(1, "admm_exchange", iteration, 0.0, activation).reason
+
+    assert [reason(1, a) for a in (9, 10, 19, 20)] == ["", "down", "down", ""]
+    assert reason(0, 15) == reason(2, 15) == ""  # outside the iteration bounds
+    assert reason(1, None) == ""  # heartbeats, READY, DONE carry no activation
+
+
+def test_partition_that_heals_lets_disagreement_recover() -> None:
+    """Seeded ADMM on ring6 (convex consensus) with the ring cut in two halves for activations
+    60–119 of the phase: the cut edges commit nothing during the partition, and within
+    HEAL_ACTIVATIONS committed activations after it their disagreement is below the last value
+    they had before it."""
+    heal_activations = 3
+    edges = ring(6)
+    spec = parse_spec({"partitions": [
+        {"groups": [[0, 1, 2], [3, 4, 5]], "from_activation": 60, "to_activation": 119}
+    ]})
+    config = ADMMConfig(beta=1.0, budget=240, schedule="seeded", seed=3, message_timeout=0.2,
+                        phase_timeout=60.0, max_failures=40)
+
+    def partitioned(hub: MemoryHub, agent: int, neighbours: Sequence[int]) -> MemoryTransport:
+        return FaultyTransport(hub.transport(agent, neighbours), spec)  # type: ignore[return-value]
+
+    runs = run_phase(edges, config, transport=partitioned, join_timeout=30.0)
+    for cut in [(2, 3), (0, 5)]:
+        records = [r for r in runs[cut[0]].records if r["edge"] == list(cut)]
+        during = [r for r in records if 60 <= r["activation"] <= 119]
+        assert during and all(r["status"] == "aborted" for r in during)
+        before = [r for r in records if r["activation"] < 60 and r["status"] == "committed"]
+        after = [r for r in records if r["activation"] > 119 and r["status"] == "committed"]
+        level = before[-1]["disagreement_rms"]
+        recovered = [r["disagreement_rms"] < level for r in after[:heal_activations]]
+        assert any(recovered), (cut, level, [r["disagreement_rms"] for r in after[:5]])
+        assert after[-1]["disagreement_rms"] < level / 10
+    assert_edges_consistent(runs, edges)
+
+
+class CrashedAgent4(MemoryTransport):
+    """Every neighbour of agent 4 sees its link lost; agent 4 (a thread that would be dead in a
+    real run) sees all of its own links lost, so it leaves the phase too."""
+
+    def peers_down(self) -> frozenset[int]:
+        return frozenset(self.neighbours) if self.agent_id == 4 else frozenset({4}) & set(
+            self.neighbours
+        )
+
+
+def test_admm_closes_the_edges_of_a_crashed_neighbour_at_once() -> None:
+    """A neighbour the transport reports down costs no message timeout: its edges close."""
+    edges = ring(5)
+    config = ADMMConfig(budget=60, schedule="seeded", message_timeout=20.0, phase_timeout=60.0)
+    started = time.monotonic()
+    runs = run_phase(edges, config, transport=CrashedAgent4, join_timeout=30.0)
+    assert time.monotonic() - started < config.message_timeout
+    for agent in (0, 3):  # 4's neighbours on the ring
+        assert runs[agent].phase.closed[tuple(sorted((agent, 4)))] == "peer_down"
+    live = [edge for edge in edges if 4 not in edge]
+    assert any(r["status"] == "committed" for run in runs[:4] for r in run.records)
+    assert_edges_consistent(runs, live)
 
 
 # -- the transport wrapper over MemoryHub --------------------------------------------------------
@@ -399,12 +479,13 @@ def test_merge_sorts_by_time_and_counts(tmp_path: Path) -> None:
         path = run_dir.agent_dir(agent) / "faults.jsonl"
         path.parent.mkdir(parents=True)
         path.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    counts = merge_fault_logs(run_dir, 3)
-    assert [e["time"] for e in read_jsonl(tmp_path / "faults.jsonl")] == [1.0, 2.0, 3.0]
+    crash = {"time": 2.5, "event": "crash", "kind": "process", "reason": "sigkill", "agent": 2}
+    counts = merge_fault_logs(run_dir, 3, [crash])
+    assert [e["time"] for e in read_jsonl(tmp_path / "faults.jsonl")] == [1.0, 2.0, 2.5, 3.0]
     assert counts == {
-        "drop": 2, "delay": 1, "events": 3,
-        "by_reason": {"delay": 1, "down": 1, "random": 1},
-        "by_kind": {"admm_ready": 2, "heartbeat": 1},
+        "drop": 2, "delay": 1, "crash": 1, "restart": 0, "events": 4,
+        "by_reason": {"delay": 1, "down": 1, "random": 1, "sigkill": 1},
+        "by_kind": {"admm_ready": 2, "heartbeat": 1, "process": 1},
     }
     assert merge_fault_logs(RunDir(tmp_path / "none"), 3) == {}
 

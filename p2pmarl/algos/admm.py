@@ -94,6 +94,9 @@ POLL_SECONDS = 1e-4
 """Receive timeout used to look for already queued messages without blocking."""
 IDLE_WAIT_SECONDS = 0.05
 """Longest single blocking receive while an async agent has nothing to initiate."""
+LIVENESS_POLL_SECONDS = 0.2
+"""Longest single blocking receive while awaiting a partner: between two, the transport's view of
+lost neighbours (``Peers.down``) is read, so a crashed partner ends the wait within this time."""
 
 Record = Callable[[dict[str, Any]], None]
 
@@ -424,6 +427,7 @@ class ADMMPhase:
         """Run the phase until every own edge is closed; return summary stats."""
         started = self._started = time.monotonic()
         self._deadline = started + self.config.phase_timeout
+        self._close_lost_partners()
         if self.states:
             if self.config.schedule == "seeded":
                 self._run_seeded()
@@ -441,6 +445,7 @@ class ADMMPhase:
         for index, edge in enumerate(sequence):
             if self._past_deadline() or len(self.closed) == len(self.states):
                 return
+            self._close_lost_partners()
             if edge not in self.states or edge in self.closed:
                 continue
             self._position = index
@@ -454,6 +459,7 @@ class ADMMPhase:
         for partner in self._edge_of:
             self._send(partner, READY, reply=0)
         while len(self.closed) < len(self.states) and not self._past_deadline():
+            self._close_lost_partners()
             self._probe_silent()
             message = self._receive(POLL_SECONDS)
             if message is not None:
@@ -740,14 +746,15 @@ class ADMMPhase:
             return kept, ""
         limit = min(time.monotonic() + self.config.message_timeout, self._deadline)
         while True:
+            self._close_lost_partners()
             if edge in self.closed:
-                return None, "partner_done"
+                return None, "peer_down" if self.closed[edge] == "peer_down" else "partner_done"
             if self._latest_from.get(partner, -1) > activation:
                 return None, "partner_ahead"
             remaining = limit - time.monotonic()
             if remaining <= 0:
                 return None, "phase_timeout" if limit >= self._deadline else "timeout"
-            message = self._receive(remaining)
+            message = self._receive(min(remaining, LIVENESS_POLL_SECONDS))
             if message is None:
                 continue
             if (
@@ -777,6 +784,19 @@ class ADMMPhase:
             self._counts["stale_messages"] += 1
 
     # -- bookkeeping ----------------------------------------------------------------------------
+    def _close_lost_partners(self) -> None:
+        """Close every open edge whose partner the transport reports lost (a crashed neighbour):
+        nothing more can be exchanged on it in this phase. DONE still goes out: should the
+        partner be alive after all (a restart the views disagree on), it closes its side too
+        instead of waiting; a dead partner's restarted process drops it as stale."""
+        for partner in self.peers.down():
+            edge = self._edge_of.get(partner)
+            if edge is not None and edge not in self.closed:
+                self._counts["peers_down"] += 1
+                logger.warning("agent %d: neighbour %d is down; edge %s closed for this phase",
+                               self.agent, partner, edge)
+                self._close(edge, "peer_down")
+
     def _close(self, edge: Edge, reason: str, notify: bool = True) -> None:
         self.closed[edge] = reason
         if notify:

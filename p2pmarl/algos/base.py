@@ -62,6 +62,9 @@ class Peers(Protocol):
     def receive(self, timeout: float, kinds: frozenset[str] | None = None) -> PeerMessage | None:
         """Next message from a neighbour (of one of ``kinds``), or ``None`` after ``timeout`` s."""
 
+    def down(self) -> frozenset[int]:
+        """Neighbours the network layer currently reports lost (crashed or unreachable)."""
+
 
 @dataclass(frozen=True)
 class PeerMessage:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +25,11 @@ from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import env_spec
 from p2pmarl.envs.base import EnvSpec
 from p2pmarl.runtime.codec import CodecError, Message, require_array
-from p2pmarl.runtime.faults import FaultyTransport, wrap_for_run
+from p2pmarl.runtime.faults import FaultyTransport, crash_iteration, read_run_spec, wrap_for_run
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
 from p2pmarl.runtime.transport import PeerTimeout, Transport, ZmqTransport, load_curve_keys
-from p2pmarl.runtime.world_link import LinkTimeout, WorldClient, env_groups
+from p2pmarl.runtime.world_link import REJOIN, WELCOME, LinkTimeout, WorldClient, env_groups
 from p2pmarl.topology import Topology, load_topology
 
 logger = logging.getLogger(__name__)
@@ -164,11 +166,15 @@ def proportional_set_megabytes() -> float:
 class AgentProcess:
     """Everything one agent process holds."""
 
-    def __init__(self, run_dir: RunDir, agent_id: int, start_iteration: int) -> None:
+    def __init__(
+        self, run_dir: RunDir, agent_id: int, start_iteration: int, life: int = 0
+    ) -> None:
         torch.set_num_threads(1)
         self.run_dir = run_dir
         self.agent_id = agent_id
         self.start_iteration = start_iteration
+        self.life = life
+        """0 for the first process of this agent, n after the n-th restart (faults: crash)."""
         self.config = read_run_config(run_dir.root)
         self.topology: Topology = load_topology(run_dir.topology)
         self.spec = env_spec(self.config.env, self.topology.n_agents, self.config.episode_length)
@@ -179,35 +185,71 @@ class AgentProcess:
         if start_iteration > 0:
             self._load_checkpoint(start_iteration)
         endpoints = json.loads(run_dir.endpoints.read_text())
-        agent_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
-        neighbours = () if self.algorithm.centralized else self.topology.neighbours(agent_id)
-        self.transport = self._peer_transport(agent_endpoints, neighbours)
-        self.peers = PeerLink(self.transport, start_iteration)
+        self.peer_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
+        self.transport: Transport | None = None
         self.world = WorldClient(endpoints["world"], agent_id)
         self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
         self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))
         self.algorithm.record = self.activations.record
         self.rollout = Rollout(agent_id, self.spec, self.config, self.algorithm.centralized)
+        saved = read_run_spec(run_dir)
+        self.crash_at = None if saved is None else crash_iteration(saved[0], agent_id, life)
 
-    def _peer_transport(self, endpoints: dict[int, str], neighbours: tuple[int, ...]) -> Transport:
-        """ZeroMQ to the neighbours, wrapped in a :class:`FaultyTransport` if the run has faults."""
+    def _connect_peers(self, iteration: int) -> None:
+        """ZeroMQ to the neighbours, wrapped in a :class:`FaultyTransport` if the run has faults.
+
+        A restarted agent does this only once the world has welcomed it back: until then it
+        binds no socket, so its neighbours keep seeing it down and close its edges at once.
+        """
+        neighbours = () if self.algorithm.centralized else self.topology.neighbours(self.agent_id)
         curve = load_curve_keys(self.run_dir.root, self.agent_id, neighbours)
-        transport = ZmqTransport(self.agent_id, endpoints, neighbours, curve=curve)
-        return wrap_for_run(transport, self.run_dir, self.config, self.topology)
+        transport = ZmqTransport(self.agent_id, self.peer_endpoints, neighbours, curve=curve)
+        self.transport = wrap_for_run(transport, self.run_dir, self.config, self.topology)
+        self.peers = PeerLink(self.transport, iteration)
 
     def run(self) -> None:
-        connect_seconds = self.transport.wait_connected(self.config.connect_timeout)
-        self.world.send("ready", self.start_iteration, {})
-        self.metrics.record({"event": "connected", "connect/seconds": connect_seconds})
-        for iteration in range(self.start_iteration, self.config.iterations):
+        if self.life == 0:
+            self._connect_peers(self.start_iteration)
+            connect_seconds = self.transport.wait_connected(self.config.connect_timeout)
+            self.world.send("ready", self.start_iteration, {})
+            self.metrics.record({"event": "connected", "connect/seconds": connect_seconds})
+            iteration = self.start_iteration
+        else:
+            welcome = self._rejoin()
+            if welcome.kind == "stop":
+                return
+            iteration = welcome.round
+            self._connect_peers(iteration)
+        while iteration < self.config.iterations:
             self._iteration(iteration)
+            iteration += 1
         try:
             self.world.receive(frozenset({"stop"}), self.config.phase_timeout + STOP_TIMEOUT)
         except LinkTimeout:
             logger.warning("no stop from the world; the last iteration is saved, exiting anyway")
 
+    def _rejoin(self) -> Message:
+        """A restarted agent asks the world to take it back and waits for the welcome (or the
+        run's stop): it joins at the welcome's iteration with the weights of its checkpoint."""
+        self.world.send(REJOIN, self.start_iteration, {})
+        welcome = self.world.receive(
+            frozenset({WELCOME, "stop"}), self.config.phase_timeout + STOP_TIMEOUT
+        )
+        self.metrics.record({"event": "rejoined", "life": self.life, "joins_at": welcome.round,
+                             "checkpoint_iteration": self.start_iteration})
+        logger.info("agent %d (life %d) rejoined at iteration %d from checkpoint %d",
+                    self.agent_id, self.life, welcome.round, self.start_iteration)
+        return welcome
+
     def _iteration(self, iteration: int) -> None:
+        if iteration == self.crash_at:
+            logger.warning("agent %d: injected crash (SIGKILL) at iteration %d",
+                           self.agent_id, iteration)
+            for handler in logging.getLogger().handlers:
+                handler.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
         started = time.monotonic()
+        self.peers.mark_rollout()
         first = self.world.receive(STEP, self.config.phase_timeout)
         batch = self.rollout.collect(self.world, self.algorithm, first, iteration)
         rollout_seconds = time.monotonic() - started
@@ -269,7 +311,8 @@ class AgentProcess:
     def close(self) -> None:
         self.metrics.close()
         self.activations.close()
-        self.transport.close()
+        if self.transport is not None:
+            self.transport.close()
         self.world.close()
 
 
@@ -278,10 +321,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--agent", type=int, required=True)
     parser.add_argument("--start-iteration", type=int, default=0)
+    parser.add_argument("--life", type=int, default=0,
+                        help="restart count; a restarted agent rejoins the running world")
     args = parser.parse_args(argv)
     run_dir = RunDir(args.run_dir)
     logger = setup_process_logging(run_dir.agent_log(args.agent), f"agent-{args.agent}")
-    process = AgentProcess(run_dir, args.agent, args.start_iteration)
+    process = AgentProcess(run_dir, args.agent, args.start_iteration, args.life)
     try:
         process.run()
     except (LinkTimeout, PeerTimeout, CodecError) as error:

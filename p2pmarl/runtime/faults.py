@@ -21,12 +21,25 @@ The spec (``--faults FILE``, YAML or JSON; ``--drop P`` alone makes a spec with 
     partitions:                              # several edges down together
       - {edges: [[0, 1], [3, 4]], from_iteration: 3, to_iteration: 3}
       - {groups: [[0, 1, 2], [3, 4, 5]], from_seconds: 30}
-    crash:                                   # parsed and validated, NOT executed yet
-      - {agent: 4, at_iteration: 1, restart: false}
+    crash:                                   # SIGKILL an agent process
+      - {agent: 4, at_iteration: 1, restart: true}    # at the start of iteration 1, restarted
+      - {agent: 4, at_seconds: 40}                     # its restarted process, 40 s into the run
+
+Crashes: an entry kills one process of the agent with SIGKILL, either at the start of
+``at_iteration`` (the agent kills itself there, so the point is exact and reproducible) or
+``at_seconds`` after the launcher started the run (the launcher sends the signal). The n-th entry of
+an agent applies to its n-th process: with ``restart: true`` the launcher starts a new process from
+the agent's last checkpoint (its initial weights if it has none), which rejoins the running world
+at its next iteration, and the agent's next entry, if any, applies to that process. What follows a
+crash (detection by the neighbours and the world, the fallback action) is described in
+``docs/faults.md``.
 
 Iteration windows are inclusive (``from_iteration`` ≤ k ≤ ``to_iteration``); seconds windows are
-half-open, ``[from_seconds, to_seconds)`` of wall time since the launcher started the run; a
-missing bound is open; a window with both kinds of bounds needs both to hold.
+half-open, ``[from_seconds, to_seconds)`` of wall time since the launcher started the run;
+activation windows are inclusive and apply only to ADMM messages, by the ``activation`` index they
+carry (seeded schedule: the position in Algorithm 1's edge sequence, the same at both ends; async:
+the initiator's own count), in every iteration the other bounds allow. A missing bound is open; a
+window with several kinds of bounds needs all of them to hold.
 
 Reproducibility: each directed link (this agent → one neighbour) has two random streams, one for
 the transport's heartbeats and one for everything else, derived from ``(seed, agent, neighbour)``
@@ -90,22 +103,34 @@ class FaultSpecError(ConfigError):
 
 @dataclass(frozen=True)
 class Window:
-    """When a fault holds: inclusive iteration bounds and/or half-open seconds bounds."""
+    """When a fault holds: inclusive iteration and activation bounds and/or half-open seconds
+    bounds; every bound given must hold."""
 
     from_iteration: int | None = None
     to_iteration: int | None = None
     from_seconds: float | None = None
     to_seconds: float | None = None
+    from_activation: int | None = None
+    to_activation: int | None = None
 
-    def active(self, iteration: int, seconds: float) -> bool:
-        """Whether the window covers iteration ``iteration`` at ``seconds`` into the run."""
+    def active(self, iteration: int, seconds: float, activation: int | None = None) -> bool:
+        """Whether the window covers iteration ``iteration`` at ``seconds`` into the run, for a
+        message about ADMM activation ``activation`` (None: not about an activation)."""
         if self.from_iteration is not None and iteration < self.from_iteration:
             return False
         if self.to_iteration is not None and iteration > self.to_iteration:
             return False
         if self.from_seconds is not None and seconds < self.from_seconds:
             return False
-        return self.to_seconds is None or seconds < self.to_seconds
+        if self.to_seconds is not None and seconds >= self.to_seconds:
+            return False
+        if self.from_activation is None and self.to_activation is None:
+            return True
+        if activation is None:
+            return False
+        if self.from_activation is not None and activation < self.from_activation:
+            return False
+        return self.to_activation is None or activation <= self.to_activation
 
 
 @dataclass(frozen=True)
@@ -173,10 +198,12 @@ class Partition:
 
 @dataclass(frozen=True)
 class Crash:
-    """Agent ``agent`` crashes at the start of ``at_iteration`` (parsed, not executed yet)."""
+    """Agent ``agent``'s process is SIGKILLed at the start of ``at_iteration`` or ``at_seconds``
+    into the run (exactly one is set); ``restart`` starts it again from its last checkpoint."""
 
     agent: int
-    at_iteration: int
+    at_iteration: int | None = None
+    at_seconds: float | None = None
     restart: bool = False
 
 
@@ -233,7 +260,8 @@ class _Parser:
     """Checks one spec mapping; every error names the file and the key path."""
 
     TOP = ("seed", "drop", "links", "burst", "delay", "down", "partitions", "crash")
-    WINDOW = ("from_iteration", "to_iteration", "from_seconds", "to_seconds")
+    WINDOW = ("from_iteration", "to_iteration", "from_seconds", "to_seconds",
+              "from_activation", "to_activation")
 
     def __init__(self, source: str) -> None:
         self.source = source
@@ -304,12 +332,18 @@ class _Parser:
         its = [self.integer(bounds[n], f"{key}.{n}") if bounds[n] is not None else None
                for n in self.WINDOW[:2]]
         secs = [self.number(bounds[n], f"{key}.{n}") if bounds[n] is not None else None
-                for n in self.WINDOW[2:]]
+                for n in self.WINDOW[2:4]]
+        acts = [self.integer(bounds[n], f"{key}.{n}") if bounds[n] is not None else None
+                for n in self.WINDOW[4:]]
         if None not in its and its[1] < its[0]:
             raise self.error(f"{key}.to_iteration", f"{its[1]} is before from_iteration {its[0]}")
         if None not in secs and secs[1] <= secs[0]:
             raise self.error(f"{key}.to_seconds", f"{secs[1]} is not after from_seconds {secs[0]}")
-        return Window(its[0], its[1], secs[0], secs[1])
+        if None not in acts and acts[1] < acts[0]:
+            raise self.error(
+                f"{key}.to_activation", f"{acts[1]} is before from_activation {acts[0]}"
+            )
+        return Window(its[0], its[1], secs[0], secs[1], acts[0], acts[1])
 
     # -- sections ------------------------------------------------------------------------------
     def spec(self, data: Any) -> FaultSpec:
@@ -328,8 +362,7 @@ class _Parser:
                 self.partition(v, f"partitions[{n}]")
                 for n, v in enumerate(self.items(data.get("partitions"), "partitions"))
             ),
-            crash=tuple(self.crash(v, f"crash[{n}]")
-                        for n, v in enumerate(self.items(data.get("crash"), "crash"))),
+            crash=self.crashes(self.items(data.get("crash"), "crash")),
             source=self.source,
         )
 
@@ -378,13 +411,34 @@ class _Parser:
         return tuple(self.integer(a, f"{key}[{n}]") for n, a in enumerate(agents))
 
     def crash(self, value: Any, key: str) -> Crash:
-        data = self.mapping(value, key, ("agent", "at_iteration", "restart"))
+        data = self.mapping(value, key, ("agent", "at_iteration", "at_seconds", "restart"))
         agent = self.integer(self.required(data, "agent", key), f"{key}.agent")
-        at = self.integer(self.required(data, "at_iteration", key), f"{key}.at_iteration")
+        given = [name for name in ("at_iteration", "at_seconds") if data.get(name) is not None]
+        if len(given) != 1:
+            raise self.error(key, "needs exactly one of at_iteration, at_seconds")
+        at_iteration = at_seconds = None
+        if given[0] == "at_iteration":
+            at_iteration = self.integer(data["at_iteration"], f"{key}.at_iteration")
+        else:
+            at_seconds = self.number(data["at_seconds"], f"{key}.at_seconds")
         restart = data.get("restart", False)
         if not isinstance(restart, bool):
             raise self.error(f"{key}.restart", f"must be true or false, got {restart!r}")
-        return Crash(agent, at, restart)
+        return Crash(agent, at_iteration, at_seconds, restart)
+
+    def crashes(self, values: list[Any]) -> tuple[Crash, ...]:
+        """Crash entries; an agent's entries after one without restart could never happen."""
+        crashes = tuple(self.crash(v, f"crash[{n}]") for n, v in enumerate(values))
+        ended: set[int] = set()
+        for n, crash in enumerate(crashes):
+            if crash.agent in ended:
+                raise self.error(
+                    f"crash[{n}]", f"agent {crash.agent} already crashed without restart "
+                    "in an earlier entry; this one could never happen"
+                )
+            if not crash.restart:
+                ended.add(crash.agent)
+        return crashes
 
 
 def parse_spec(data: Any, source: str = "<spec>") -> FaultSpec:
@@ -452,15 +506,15 @@ def resolve_run_faults(config: RunConfig, topology: Topology) -> FaultSpec | Non
     return spec
 
 
-def refuse_unexecuted_faults(spec: FaultSpec | None) -> None:
-    """Raise :class:`FaultSpecError` for faults that are parsed but not executed yet (crash):
-    the launcher calls this before starting any process, so no run silently ignores them."""
-    if spec is not None and spec.crash:
-        agents = ", ".join(str(crash.agent) for crash in spec.crash)
-        raise FaultSpecError(
-            f"fault spec {spec.source}: crash: crash injection is not implemented yet "
-            f"(entries for agents {agents}); remove the `crash` entries to run the other faults"
-        )
+def agent_crashes(spec: FaultSpec | None, agent: int) -> list[Crash]:
+    """Agent ``agent``'s crash entries in order: entry n applies to its process of life n."""
+    return [] if spec is None else [crash for crash in spec.crash if crash.agent == agent]
+
+
+def crash_iteration(spec: FaultSpec, agent: int, life: int) -> int | None:
+    """The iteration at whose start the agent's process of life ``life`` kills itself, if any."""
+    crashes = agent_crashes(spec, agent)
+    return crashes[life].at_iteration if life < len(crashes) else None
 
 
 def write_run_spec(run_dir: RunDir, spec: FaultSpec | None, started: float | None = None) -> None:
@@ -510,13 +564,18 @@ def wrap_for_run(
     )
 
 
-def merge_fault_logs(run_dir: RunDir, n_agents: int) -> dict[str, Any]:
-    """Merge every agent's fault log into ``RUN_DIR/faults.jsonl`` (by time) and count events;
-    returns ``{}`` when no agent had faults (no file is written then)."""
+def merge_fault_logs(
+    run_dir: RunDir, n_agents: int, extra: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """Merge every agent's fault log and ``extra`` events (the launcher's crashes and restarts)
+    into ``RUN_DIR/faults.jsonl`` (by time) and count events; returns ``{}`` when there were no
+    faults (no file is written then)."""
     paths = [agent_fault_log(run_dir, agent) for agent in range(n_agents)]
-    if not any(path.exists() for path in paths):
+    extra = list(extra)
+    if not extra and not any(path.exists() for path in paths):
         return {}
-    events = sorted((e for path in paths for e in read_jsonl(path)), key=_event_time)
+    events = [e for path in paths for e in read_jsonl(path)] + extra
+    events.sort(key=_event_time)
     lines = "".join(json.dumps(event) + "\n" for event in events)
     (run_dir.root / AGENT_LOG).write_text(lines)
     return count_events(events)
@@ -528,21 +587,30 @@ def _event_time(event: Mapping[str, Any]) -> float:
 
 
 def count_events(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """``{"drop": n, "delay": n, "events": n, "by_reason": {...}, "by_kind": {...}}``."""
+    """``{"drop", "delay", "crash", "restart": n, "events": n, "by_reason": {...},
+    "by_kind": {...}}``."""
     events = list(events)
     by_event = Counter(str(e.get("event")) for e in events)
     return {
         "drop": by_event.get("drop", 0),
         "delay": by_event.get("delay", 0),
+        "crash": by_event.get("crash", 0),
+        "restart": by_event.get("restart", 0),
         "events": len(events),
         "by_reason": dict(sorted(Counter(str(e.get("reason")) for e in events).items())),
         "by_kind": dict(sorted(Counter(str(e.get("kind")) for e in events).items())),
     }
 
 
-def summary_fields(run_dir: RunDir, n_agents: int) -> dict[str, Any]:
-    """What the launcher adds to ``summary.json``: fault counts, and crashed agents (none yet)."""
-    return {"faults": merge_fault_logs(run_dir, n_agents), "crashed_agents": []}
+def summary_fields(
+    run_dir: RunDir, n_agents: int, crash_events: Iterable[Mapping[str, Any]] = ()
+) -> dict[str, Any]:
+    """What the launcher adds to ``summary.json``: fault counts (crashes and restarts included)
+    and the ids of agents that crashed."""
+    crash_events = list(crash_events)
+    faults = merge_fault_logs(run_dir, n_agents, crash_events)
+    crashed = sorted({int(e["agent"]) for e in crash_events if e.get("event") == "crash"})
+    return {"faults": faults, "crashed_agents": crashed}
 
 
 # -- deciding one message's fate ----------------------------------------------------------------
@@ -600,14 +668,18 @@ class FaultInjector:
     def edge(self, receiver: int) -> Edge:
         return (min(self.agent_id, receiver), max(self.agent_id, receiver))
 
-    def decide(self, receiver: int, kind: str, iteration: int, seconds: float) -> Decision:
-        """The fate of one message to ``receiver`` in ``iteration``, ``seconds`` into the run."""
+    def decide(
+        self, receiver: int, kind: str, iteration: int, seconds: float,
+        activation: int | None = None,
+    ) -> Decision:
+        """The fate of one message to ``receiver`` in ``iteration``, ``seconds`` into the run
+        (``activation``: the ADMM activation the message belongs to, if any)."""
         if kind in EXEMPT_KINDS:
             return DELIVER
         channel = self._channels[(receiver, int(kind in HEARTBEAT_KINDS))]
         u = channel.rng.random(VARIATES)  # always the same count: traces stay aligned
         edge = self.edge(receiver)
-        reason = self._outage(edge, iteration, seconds)
+        reason = self._outage(edge, iteration, seconds, activation)
         burst_lost = self._burst_step(channel, u[0], u[1])
         if reason:
             return Decision(drop=True, reason=reason)
@@ -618,12 +690,14 @@ class FaultInjector:
             return Decision(drop=True, reason="random" if override is None else "link")
         return self._delay(u[3], u[4])
 
-    def _outage(self, edge: Edge, iteration: int, seconds: float) -> str:
+    def _outage(
+        self, edge: Edge, iteration: int, seconds: float, activation: int | None
+    ) -> str:
         for down in self.spec.down:
-            if down.edge == edge and down.window.active(iteration, seconds):
+            if down.edge == edge and down.window.active(iteration, seconds, activation):
                 return "down"
         for partition in self.spec.partitions:
-            if partition.cuts(edge) and partition.window.active(iteration, seconds):
+            if partition.cuts(edge) and partition.window.active(iteration, seconds, activation):
                 return "partition"
         return ""
 
@@ -669,6 +743,7 @@ class FaultyTransport(Transport):
         super().__init__(inner.agent_id, inner.neighbours)
         self.inner = inner
         self.rejected = inner.rejected
+        self.disconnects = inner.disconnects
         self.spec = spec
         self.injector = FaultInjector(spec, inner.agent_id, inner.neighbours)
         self.run_start = time.time() if run_start is None else run_start
@@ -688,6 +763,9 @@ class FaultyTransport(Transport):
         if name == "inner":  # not set yet: never recurse
             raise AttributeError(name)
         return getattr(self.inner, name)
+
+    def peers_down(self) -> frozenset[int]:
+        return self.inner.peers_down()
 
     # -- iteration and timing -------------------------------------------------------------------
     def start_iteration(self, iteration: int) -> None:
@@ -710,7 +788,11 @@ class FaultyTransport(Transport):
             self.iteration = max(self.iteration, round)
         self._outgoing = (kind, round)
         if receiver in self.neighbours:
-            self._decision = self.injector.decide(receiver, kind, self.iteration, self.elapsed())
+            activation = body.get("activation")
+            self._decision = self.injector.decide(
+                receiver, kind, self.iteration, self.elapsed(),
+                activation if isinstance(activation, int) else None,
+            )
             if self._decision.drop or self._decision.delay:
                 self._record(self._decision, receiver, kind, round)
         try:

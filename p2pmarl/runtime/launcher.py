@@ -1,8 +1,9 @@
 """The launcher: turns a config and a topology into one world and N agent processes, and watches.
 
 It takes no part in learning. It writes the run directory, starts the processes (each dies with
-the launcher: ``PR_SET_PDEATHSIG``), shows progress from the files the processes write, stops
-everything on Ctrl-C or when one process dies, and writes ``summary.json``.
+the launcher: ``PR_SET_PDEATHSIG``), shows progress from the files the processes write, executes
+and follows the crashes the fault spec asks for (:mod:`p2pmarl.runtime.crashes`), stops
+everything on Ctrl-C or when a process dies unplanned, and writes ``summary.json``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from p2pmarl.algos import algorithm_class
 from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.envs import env_spec
 from p2pmarl.runtime import faults
+from p2pmarl.runtime.crashes import CrashPlan
 from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
 from p2pmarl.runtime.summary import build_summary
@@ -66,6 +68,8 @@ class Child:
     process: multiprocessing.process.BaseProcess
     output: Path
     log: Path
+    agent: int | None = None
+    """The agent id of an agent process (None for the world)."""
 
     def poll(self) -> int | None:
         """Exit code (negative: killed by that signal), or None while running."""
@@ -236,27 +240,41 @@ def _preload() -> None:
 class Launcher:
     """Starts, watches and stops the processes of one run."""
 
-    def __init__(self, run_dir: RunDir, config: RunConfig, n_agents: int, start: int) -> None:
+    def __init__(
+        self, run_dir: RunDir, config: RunConfig, n_agents: int, start: int,
+        crash_plan: CrashPlan | None = None,
+    ) -> None:
         self.run_dir = run_dir
         self.config = config
         self.n_agents = n_agents
         self.start = start
+        self.crash_plan = crash_plan or CrashPlan(None)
         self.children: list[Child] = []
+        """The world, then the running process of each agent (index 1 + agent id)."""
+        self.retired: list[Child] = []
+        """Agent processes that crashed as planned."""
 
     def spawn(self) -> None:
         _preload()
-        common = ["--run-dir", str(self.run_dir.root), "--start-iteration", str(self.start)]
-        self._spawn("world", CHILD_MODULES[0], common, self.run_dir.world_log)
+        self._spawn("world", CHILD_MODULES[0], self._common(self.start), self.run_dir.world_log)
         for agent in range(self.n_agents):
-            self._spawn(
-                f"agent {agent}",
-                CHILD_MODULES[1],
-                [*common, "--agent", str(agent)],
-                self.run_dir.agent_log(agent),
-            )
+            self._spawn_agent(agent, self.start, life=0)
+        self._write_pids()
+
+    def _common(self, start: int) -> list[str]:
+        return ["--run-dir", str(self.run_dir.root), "--start-iteration", str(start)]
+
+    def _spawn_agent(self, agent: int, start: int, life: int) -> Child:
+        args = [*self._common(start), "--agent", str(agent), "--life", str(life)]
+        return self._spawn(f"agent {agent}", CHILD_MODULES[1], args, self.run_dir.agent_log(agent),
+                           agent)
+
+    def _write_pids(self) -> None:
         write_json(self.run_dir.pids, {c.name: c.process.pid for c in self.children})
 
-    def _spawn(self, name: str, module: str, args: list[str], log: Path) -> None:
+    def _spawn(
+        self, name: str, module: str, args: list[str], log: Path, agent: int | None = None
+    ) -> Child:
         output = log.with_name(log.stem + ".out")
         output.parent.mkdir(parents=True, exist_ok=True)
         context = multiprocessing.get_context("fork")
@@ -264,17 +282,56 @@ class Launcher:
             target=_child_main, args=(module, args, str(output)), name=name, daemon=False
         )
         process.start()
-        self.children.append(Child(name, process, output, log))
+        child = Child(name, process, output, log, agent)
+        if agent is None or len(self.children) <= 1 + agent:
+            self.children.append(child)
+        else:
+            self.children[1 + agent] = child
+        return child
+
+    def _agents_running(self) -> list[Child]:
+        return [c for c in self.children[1:] if c.agent not in self.crash_plan.ended]
+
+    def _inject_kills(self) -> None:
+        """``at_seconds`` crashes: SIGKILL the agent's running process."""
+        for agent in self.crash_plan.due_kills(range(self.n_agents)):
+            child = self.children[1 + agent]
+            if child.poll() is None:
+                logging.getLogger(__name__).warning("injected crash: SIGKILL %s", child.name)
+                os.kill(child.process.pid, signal.SIGKILL)
+
+    def _planned_crash(self, child: Child, code: int) -> bool:
+        """Handle an agent process that ended with ``code``; False if that was not planned."""
+        assert child.agent is not None
+        crash = self.crash_plan.expected(child.agent, code)
+        if crash is None:
+            return False
+        self.crash_plan.record_crash(child.agent, crash, child.process.pid)
+        self.retired.append(child)
+        if crash.restart:
+            start = max(self.run_dir.checkpoint_iterations(child.agent), default=0)
+            life = self.crash_plan.life(child.agent)
+            new = self._spawn_agent(child.agent, start, life)
+            self.crash_plan.record_restart(child.agent, start, new.process.pid)
+            self._write_pids()
+        return True
 
     def watch(self, on_poll: Callable[[], None]) -> tuple[str, str | None]:
-        """Wait until the world finishes or a process dies; returns (status, culprit)."""
-        world, agents = self.children[0], self.children[1:]
+        """Wait until the world finishes or a process dies unplanned; returns (status, culprit).
+
+        Crashes of the fault spec are executed here (``at_seconds``) or noticed (the process
+        ended with SIGKILL as planned) and followed by a restart when the spec asks for one.
+        """
+        world = self.children[0]
         finished_at: dict[str, float] = {}
         while True:
             on_poll()
-            for child in agents:
+            self._inject_kills()
+            for child in self._agents_running():
                 code = child.poll()
                 if code is not None and code != 0:
+                    if self._planned_crash(child, code):
+                        continue
                     return "failed", child.name
                 if code == 0:
                     # An agent that finished cleanly is normal while the world is shutting
@@ -290,7 +347,7 @@ class Launcher:
     def wait_agents(self, timeout: float) -> str | None:
         """After the world is done: wait for agents to exit; returns the first that failed."""
         deadline = time.monotonic() + timeout
-        for child in self.children[1:]:
+        for child in self._agents_running():
             code = child.wait(max(0.1, deadline - time.monotonic()))
             if code != 0:
                 return child.name
@@ -298,6 +355,8 @@ class Launcher:
 
     def stop_all(self) -> None:
         """SIGTERM every live child, SIGKILL what is left after the grace period, reap all."""
+        for child in self.retired:
+            child.wait(SHUTDOWN_GRACE)
         for child in self.children:
             if child.poll() is None:
                 child.process.terminate()
@@ -343,7 +402,6 @@ def launch(
     """Run one training job end to end and return its summary."""
     topology = load_checked_topology(config)
     fault_spec = faults.resolve_run_faults(config, topology)  # a bad spec fails before any start
-    faults.refuse_unexecuted_faults(fault_spec)
     learners = 1 if algorithm_class(config.algo).centralized else topology.n_agents
     if resume is None:
         run_dir, start = new_run_dir(config), 0
@@ -357,8 +415,9 @@ def launch(
     socket_dir = Path(tempfile.mkdtemp(prefix="p2pmarl-", dir="/tmp"))
     write_run_files(run_dir, config, topology, socket_dir)
     faults.write_run_spec(run_dir, fault_spec)  # faults_spec.json: what every agent injects
-    launcher = Launcher(run_dir, config, learners, start)
+    launcher = Launcher(run_dir, config, learners, start, CrashPlan(fault_spec))
     view = ProgressView(run_dir, config, learners, start, enabled=show_progress)
+    view.ended = launcher.crash_plan.ended
     started = time.monotonic()
     messages: list[str] = []
     try:
@@ -378,10 +437,12 @@ def launch(
     if culprit is not None:
         messages.append(launcher.describe_failure(culprit))
     summary = build_summary(
-        run_dir, config, topology.n_agents, learners, status, time.monotonic() - started
+        run_dir, config, topology.n_agents, learners, status, time.monotonic() - started,
+        ended=launcher.crash_plan.ended,
     )
     summary["failed_process"] = culprit
-    summary.update(faults.summary_fields(run_dir, learners))  # faults.jsonl merged; counts
+    # faults.jsonl merged (the agents' link faults and the launcher's crashes); counts
+    summary.update(faults.summary_fields(run_dir, learners, launcher.crash_plan.events))
     write_json(run_dir.summary, summary)
     exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
     return LaunchResult(run_dir.root, summary, exit_code, messages)

@@ -26,6 +26,7 @@ class PeerLink:
         self.neighbours = transport.neighbours
         self.iteration = iteration
         self._held: deque[Message] = deque()
+        self._disconnects_at_rollout: dict[int, int] = {}
         self.sent_log: list[tuple[int, str, tuple[str, ...]]] = []
         """(receiver, kind, body keys) of every message sent; what the privacy test reads."""
 
@@ -59,6 +60,21 @@ class PeerLink:
                 continue
             return _peer_message(message)
         return None
+
+    def mark_rollout(self) -> None:
+        """Called when the iteration's rollout begins: a neighbour whose link is lost after this
+        point cannot hold this iteration's batch, even if a restarted process of it is back."""
+        self.transport.peers_down()
+        self._disconnects_at_rollout = dict(self.transport.disconnects)
+
+    def down(self) -> frozenset[int]:
+        """Neighbours whose link the transport reports lost now (see ``Transport.peers_down``)
+        or lost at any time since :meth:`mark_rollout`."""
+        down = set(self.transport.peers_down())
+        for neighbour, count in self.transport.disconnects.items():
+            if count > self._disconnects_at_rollout.get(neighbour, 0):
+                down.add(neighbour)
+        return frozenset(down)
 
     def _take_held(self, kinds: frozenset[str] | None) -> PeerMessage | None:
         for index, message in enumerate(self._held):

@@ -27,6 +27,8 @@ class ProgressView:
         self.n_agents = n_agents
         self.start = start
         self.enabled = enabled
+        self.ended: set[int] = set()
+        """Agents that crashed for good (the launcher shares its set): left out of the curve."""
         self.console = Console(stderr=True)
         self._progress: Progress | None = None
         self._task = None
@@ -60,7 +62,7 @@ class ProgressView:
         if not self.enabled or time.monotonic() < self._next_read:
             return
         self._next_read = time.monotonic() + REFRESH_SECONDS
-        curve = team_return_curve(self.run_dir, self.n_agents)
+        curve = team_return_curve(self.run_dir, self.n_agents, self.ended)
         done = len(curve)
         if done <= self._shown and self._progress is None:
             return

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
+from zmq.utils.monitor import recv_monitor_message
 
 from p2pmarl.runtime.codec import CodecError, Message, decode, encode
 
@@ -42,6 +43,17 @@ SEND_HIGH_WATER_MARK = 1000
 """Frames queued per neighbour before sends are dropped (and counted) instead of blocking."""
 CONTROL_KINDS = frozenset({"hello", "heartbeat"})
 """Kinds consumed by the transport itself and never handed to the caller."""
+LINK_HEARTBEAT_MS = 500
+"""ZeroMQ's own (ZMTP) heartbeat on each link to a neighbour, handled by libzmq's I/O thread, so
+it runs while the agent computes."""
+RECONNECT_MS = 10
+"""How often a link to a lost neighbour tries to reconnect (no back-off): a restarted neighbour
+binds its socket when the world takes it back, at the start of an iteration's rollout, and its
+neighbours must see it back before their peer phase begins."""
+LINK_TIMEOUT_MS = 2000
+"""A link with no traffic and no heartbeat answer for this long is closed and the neighbour is
+reported down (a host that vanished without closing its sockets). A process that dies on a
+reachable host closes its sockets, which is seen at once."""
 
 
 class PeerTimeout(TimeoutError):
@@ -59,6 +71,8 @@ class Transport(ABC):
         self.sent_bytes = 0
         self.received_bytes = 0
         self.last_seen: dict[int, float] = {}
+        self.disconnects: Counter[int] = Counter()
+        """Per neighbour, how often its link was lost (updated by :meth:`peers_down`)."""
         self._next_heartbeat = 0.0
         self._sequence = 0
         self._pending: deque[Message] = deque()
@@ -74,6 +88,11 @@ class Transport(ABC):
 
     def close(self) -> None:
         """Release sockets; the default has none."""
+
+    def peers_down(self) -> frozenset[int]:
+        """Neighbours whose link the socket layer reports lost since they were last connected
+        (crashed, or unreachable for :data:`LINK_TIMEOUT_MS`); the default knows of none."""
+        return frozenset()
 
     # -- shared behaviour ---------------------------------------------------------------------
     def send(self, receiver: int, kind: str, round: int, body: Mapping[str, Any]) -> int:
@@ -281,6 +300,8 @@ class ZmqTransport(Transport):
             self._context = context or zmq.Context.instance()
         self._authenticator: ThreadAuthenticator | None = None
         self._outboxes: dict[int, zmq.Socket] = {}
+        self._monitors: dict[int, zmq.Socket] = {}
+        self._down: set[int] = set()
         self._inbox: zmq.Socket | None = None
         try:
             self._open(endpoints, curve)
@@ -320,10 +341,16 @@ class ZmqTransport(Transport):
             socket.setsockopt(zmq.LINGER, 0)
             socket.setsockopt(zmq.SNDHWM, SEND_HIGH_WATER_MARK)
             socket.setsockopt(zmq.IDENTITY, identity_of(agent_id))
+            socket.setsockopt(zmq.HEARTBEAT_IVL, LINK_HEARTBEAT_MS)
+            socket.setsockopt(zmq.HEARTBEAT_TIMEOUT, LINK_TIMEOUT_MS)
+            socket.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
             if curve is not None:
                 socket.curve_secretkey = curve.secret
                 socket.curve_publickey = curve.public
                 socket.curve_serverkey = curve.neighbours[neighbour]
+            self._monitors[neighbour] = socket.get_monitor_socket(
+                zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+            )
             socket.connect(endpoints[neighbour])
         self._poller = zmq.Poller()
         self._poller.register(self._inbox, zmq.POLLIN)
@@ -344,7 +371,25 @@ class ZmqTransport(Transport):
             return None
         return agent_of(parts[0]), parts[1]
 
+    def peers_down(self) -> frozenset[int]:
+        """Read the link monitors: a disconnect marks the neighbour down, a (re)connect up."""
+        for neighbour, monitor in self._monitors.items():
+            while monitor.poll(0):
+                event = recv_monitor_message(monitor, zmq.NOBLOCK)["event"]
+                if event == zmq.EVENT_DISCONNECTED and neighbour not in self._down:
+                    self._down.add(neighbour)
+                    self.disconnects[neighbour] += 1
+                    logger.warning("agent %d: link to neighbour %d lost", self.agent_id, neighbour)
+                elif event == zmq.EVENT_CONNECTED and neighbour in self._down:
+                    self._down.discard(neighbour)
+                    logger.info("agent %d: neighbour %d is back", self.agent_id, neighbour)
+        return frozenset(self._down)
+
     def close(self) -> None:
+        for neighbour, monitor in self._monitors.items():
+            self._outboxes[neighbour].disable_monitor()
+            monitor.close(linger=0)
+        self._monitors.clear()
         for socket in self._outboxes.values():
             socket.close(linger=0)
         if self._inbox is not None:
@@ -363,6 +408,8 @@ class MemoryHub:
     def __init__(self) -> None:
         self._queues: dict[int, queue.Queue[tuple[int, bytes]]] = {}
         self._lock = threading.Lock()
+        self.down: set[int] = set()
+        """Agents whose links every neighbour sees as lost (tests set it to simulate a crash)."""
 
     def inbox(self, agent_id: int) -> queue.Queue[tuple[int, bytes]]:
         with self._lock:
@@ -387,6 +434,9 @@ class MemoryTransport(Transport):
     def _send_frame(self, receiver: int, frame: bytes) -> bool:
         self._hub.inbox(receiver).put((self.agent_id, frame))
         return True
+
+    def peers_down(self) -> frozenset[int]:
+        return frozenset(self._hub.down & set(self.neighbours))
 
     def _receive_frame(self, timeout: float) -> tuple[int | None, bytes] | None:
         try:

@@ -21,7 +21,21 @@ from p2pmarl.envs import make_env
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
 from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
-from p2pmarl.runtime.world_link import CLOSE_LINGER_MS, LinkTimeout, WorldServer, env_groups
+from p2pmarl.runtime.world_link import (
+    CLOSE_LINGER_MS,
+    WELCOME,
+    LinkTimeout,
+    WorldServer,
+    env_groups,
+)
+
+FALLBACK_ACTION = 0
+"""The action applied for an agent whose process is lost: 0, the no-op of the MPE action spaces
+(the agent's body coasts to a stop under damping) until it rejoins."""
+
+
+class AllAgentsLost(LinkTimeout):
+    """No learner is left (or the single centralized learner is gone): the run cannot go on."""
 
 
 @dataclass
@@ -84,6 +98,12 @@ class World:
         self.vector = VectorWorld(config, n_agents, world_seed)
         self.server = WorldServer(endpoint, self.learners)
         self.events = MetricsRecorder(run_dir.world_events)
+        self.dead: set[int] = set()
+        """Learners whose process is lost; they get no messages and act FALLBACK_ACTION."""
+        self._boundaries = 0
+        self._lost_at: dict[int, int] = {}
+        self.iteration = 0
+        self.step = 0
 
     def run(self, start_iteration: int) -> None:
         started = time.monotonic()
@@ -92,6 +112,7 @@ class World:
             {"event": "connected", "seconds": time.monotonic() - started, "unix_time": time.time()}
         )
         for iteration in range(start_iteration, self.config.iterations):
+            self.iteration = iteration
             rollout_started = time.monotonic()
             self._rollout(iteration)
             self.events.record(
@@ -102,10 +123,41 @@ class World:
                     "rollout_seconds": time.monotonic() - rollout_started,
                 }
             )
-            self.server.gather("ready", iteration + 1, self.config.phase_timeout)
-        for learner in range(self.learners):
+            self._boundaries += 1
+            self.server.gather("ready", iteration + 1, self.config.phase_timeout, self._live())
+            self._update_liveness(next_iteration=iteration + 1)
+        for learner in range(self.learners):  # a lost one may be a restarted agent waiting
             self.server.send(learner, "stop", self.config.iterations, {})
         self.events.record({"event": "stopped", "rejected": dict(self.server.rejected)})
+
+    def _live(self) -> list[int]:
+        return [learner for learner in range(self.learners) if learner not in self.dead]
+
+    def _update_liveness(self, next_iteration: int | None = None) -> None:
+        """Mark newly lost learners dead and, between iterations (``next_iteration`` given),
+        welcome back dead ones that asked to rejoin (recorded in ``world_events.jsonl``); raise
+        :class:`AllAgentsLost` when nobody is left to act."""
+        for learner in sorted(self.server.lost - self.dead):
+            self.dead.add(learner)
+            self._lost_at[learner] = self._boundaries
+            self._record_liveness("agent_lost", learner)
+        if next_iteration is not None:
+            # Only an agent lost before this boundary's gather began is taken back now: one lost
+            # during it may have been seen alive by a neighbour that already began the next
+            # iteration (its view: gone for that whole iteration), so it waits one more.
+            ready = {a for a, at in self._lost_at.items() if at < self._boundaries}
+            for learner in self.server.collect_rejoins(ready & self.dead):
+                if self.server.send(learner, WELCOME, next_iteration, {}):
+                    self.dead.discard(learner)
+                    self._record_liveness("agent_rejoined", learner)
+        if self.dead and (self.centralized or len(self.dead) == self.learners):
+            raise AllAgentsLost(f"world: learners {sorted(self.dead)} are lost; nobody left to act")
+
+    def _record_liveness(self, event: str, learner: int) -> None:
+        self.events.record({
+            "event": event, "agent": learner, "iteration": self.iteration, "step": self.step,
+            "unix_time": time.time(),
+        })
 
     def _rollout(self, iteration: int) -> None:
         """T steps of every copy, pipelined over :func:`env_groups`.
@@ -118,17 +170,20 @@ class World:
         for group, rows in enumerate(groups):
             self._send_step(iteration, 0, group, rows, None)
         for t in range(T):
+            self.step = t + 1
             for group, rows in enumerate(groups):
                 actions = self._gather_actions(iteration, t, group, rows)
                 outcome = self.vector.step(rows, actions)
                 self._send_step(iteration, t + 1, group, rows, outcome)
+        self.step = 0
 
     def _send_step(
         self, iteration: int, t: int, group: int, rows: range, previous: StepResult | None
     ) -> None:
-        for learner in range(self.learners):
+        for learner in self._live():
             body = self._step_body(learner, t, group, rows, previous)
             self.server.send(learner, "step", iteration, body)
+        self._update_liveness()
 
     def _step_body(
         self, agent: int, t: int, group: int, rows: range, previous: StepResult | None
@@ -150,7 +205,8 @@ class World:
 
     def _gather_actions(self, iteration: int, t: int, group: int, rows: range) -> np.ndarray:
         timeout = self.config.phase_timeout if t == 0 else self.config.step_timeout
-        replies = self.server.gather("act", iteration, timeout)
+        replies = self.server.gather("act", iteration, timeout, self._live())
+        self._update_liveness()
         for message in replies.values():
             if (message.body.get("t"), message.body.get("group")) != (t, group):
                 raise CodecError(
@@ -160,7 +216,7 @@ class World:
                 )
         if self.centralized:
             return self._check_actions(range(self.n_agents), len(rows), replies[0])
-        joint = np.empty((len(rows), self.n_agents), dtype=np.int64)
+        joint = np.full((len(rows), self.n_agents), FALLBACK_ACTION, dtype=np.int64)
         for agent, message in replies.items():
             joint[:, agent] = self._check_actions([agent], len(rows), message)[:, 0]
         return joint
@@ -199,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         world.run(args.start_iteration)
-    except (LinkTimeout, CodecError) as error:
+    except (LinkTimeout, CodecError) as error:  # AllAgentsLost is a LinkTimeout
         logger.error("%s", error)
         print(f"world: {error}", flush=True)
         return 3

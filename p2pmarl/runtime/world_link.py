@@ -22,6 +22,17 @@ logger = logging.getLogger(__name__)
 
 CLOSE_LINGER_MS = 1000
 """How long closing the world socket may wait for queued frames to go out."""
+PROBE_INTERVAL = 0.5
+"""While a gather waits longer than this, the world pings the agents it waits for: a send to an
+agent whose process is gone fails at once (its socket closed, ROUTER_MANDATORY), so a crashed
+agent is found within this interval instead of at the gather's timeout."""
+PING = "ping"
+"""World → agent liveness probe; agents drop it silently."""
+REJOIN = "rejoin"
+"""Agent → world: a restarted agent asks to take part again from the next iteration."""
+WELCOME = "welcome"
+"""World → agent: the answer to a rejoin, sent just before the first step message of the
+iteration (its round) that the agent joins; step messages before it are not the agent's."""
 
 
 def env_groups(n_envs: int) -> list[range]:
@@ -44,6 +55,8 @@ class WorldServer:
     def __init__(self, endpoint: str, n_agents: int, context: zmq.Context | None = None) -> None:
         self.n_agents = n_agents
         self.rejected: Counter[str] = Counter()
+        self.lost: set[int] = set()
+        """Agents found unreachable (their process is gone); the world decides what follows."""
         self._held: dict[int, deque[Message]] = {}
         self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -59,6 +72,9 @@ class WorldServer:
             self._socket.send_multipart([identity_of(agent), frame], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             self.rejected["agent_unreachable"] += 1
+            if agent not in self.lost:
+                logger.warning("world: agent %d is unreachable", agent)
+            self.lost.add(agent)
             return False
         return True
 
@@ -68,28 +84,71 @@ class WorldServer:
         """Wait for one ``kind`` message of ``round`` from each agent, or raise LinkTimeout.
 
         An agent may run ahead (pipelined rollouts): its later messages are held, in order, for
-        the next gather instead of being dropped.
+        the next gather instead of being dropped. An agent found lost while waiting (see
+        :data:`PROBE_INTERVAL`) is left out: the result then lacks it and it is in :attr:`lost`.
         """
-        waiting = set(range(self.n_agents) if agents is None else agents)
+        waiting = set(range(self.n_agents) if agents is None else agents) - self.lost
         received: dict[int, Message] = {}
         for agent in sorted(waiting):
             if self._held.get(agent):
                 self._take(self._held[agent].popleft(), kind, round, waiting, received)
-        deadline = time.monotonic() + timeout
+        started = time.monotonic()
+        deadline, next_probe = started + timeout, started + PROBE_INTERVAL
         while waiting:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            if now >= next_probe:
+                for agent in sorted(waiting):
+                    self.send(agent, PING, round, {})
+                waiting -= self.lost
+                next_probe = now + PROBE_INTERVAL
+                continue
+            remaining = deadline - now
             if remaining <= 0:
                 raise LinkTimeout(
                     f"world: no {kind!r} from agents {sorted(waiting)} within {timeout:.0f} s"
                 )
-            message = self._receive(remaining)
+            message = self._receive(min(remaining, next_probe - now))
             if message is None:
+                continue
+            if message.kind == REJOIN:
+                self._restarted(message)
+                waiting.discard(message.sender)
                 continue
             if message.sender not in waiting:
                 self._held.setdefault(message.sender, deque()).append(message)
                 continue
             self._take(message, kind, round, waiting, received)
         return received
+
+    def _restarted(self, message: Message) -> None:
+        """A rejoin proves the agent's earlier process gone, even if its restart reconnected
+        before any send to it failed: it counts as lost until the world takes it back."""
+        if message.sender not in self.lost:
+            logger.warning("world: agent %d restarted; its earlier process is lost",
+                           message.sender)
+        self.lost.add(message.sender)
+        self._held[message.sender] = deque([message])
+
+    def collect_rejoins(self, eligible: Iterable[int]) -> list[int]:
+        """Lost agents among ``eligible`` that have asked to rejoin (a ``rejoin`` message); they
+        are no longer lost. Others' requests stay for a later call.
+
+        Reads what is queued without waiting. Whatever a rejoining agent sent in its earlier life
+        is discarded.
+        """
+        while (message := self._receive(0.0)) is not None:
+            if message.kind == REJOIN:
+                self._restarted(message)
+            else:
+                self._held.setdefault(message.sender, deque()).append(message)
+        back = []
+        for agent in sorted(self.lost & set(eligible)):
+            held = self._held.get(agent, deque())
+            if any(m.kind == REJOIN for m in held):
+                self._held[agent] = deque()
+                self.lost.discard(agent)
+                back.append(agent)
+        return back
 
     def _take(
         self,
@@ -106,7 +165,7 @@ class WorldServer:
         waiting.discard(message.sender)
 
     def _receive(self, timeout: float) -> Message | None:
-        if not self._poller.poll(max(1, int(timeout * 1000))):
+        if not self._poller.poll(max(0, int(timeout * 1000))):
             return None
         parts = self._socket.recv_multipart()
         if len(parts) != 2:
@@ -158,6 +217,8 @@ class WorldClient:
             except CodecError as error:
                 self.rejected[error.reason] += 1
                 logger.warning("agent %d rejected a world frame: %s", self.agent_id, error)
+                continue
+            if message.sender == WORLD and message.kind == PING:
                 continue
             if message.sender != WORLD or message.kind not in kinds:
                 self.rejected["unexpected"] += 1
