@@ -53,10 +53,16 @@ class RunConfig:
     """``async`` (edges activated by their endpoints) or ``seeded`` (replays Algorithm 1)."""
     linearized_log_ratio: bool = False
     """Exchange the paper's J·(θ−θ_old) instead of the true log ratio (eq. 22)."""
+    theta_step: str = "kkt"
+    """MATRPO θ step: ``kkt`` (exact trust-region minimizer, appendix eqs. (47)-(51)) or
+    ``boundary`` (always the trust-region boundary step of eq. (22))."""
     initial_dual: float = 0.0
     """Initial value of every edge dual y at the start of an ADMM phase."""
-    advantage_normalization: str = "own"
-    """``own`` (standardize with the agent's own statistics) or ``none`` (raw advantages)."""
+    advantage_normalization: str = "center"
+    """``own`` (standardize with the agent's own statistics), ``center`` (subtract the own mean
+    only) or ``none`` (raw advantages)."""
+    episode_end: str = "timeout"
+    """``timeout`` (GAE bootstraps with V where an episode hits its length) or ``terminal``."""
     admm_message_timeout: float = 30.0
     """Seconds an agent waits for one neighbour's ADMM message before aborting the activation."""
     fisher_subsample: int = 5
@@ -94,10 +100,16 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
-        if self.advantage_normalization not in ("own", "none"):
+        if self.advantage_normalization not in ("own", "center", "none"):
             raise ConfigError(
-                f"advantage_normalization must be 'own' or 'none', got "
+                f"advantage_normalization must be 'own', 'center' or 'none', got "
                 f"{self.advantage_normalization!r}"
+            )
+        if self.theta_step not in ("kkt", "boundary"):
+            raise ConfigError(f"theta_step must be 'kkt' or 'boundary', got {self.theta_step!r}")
+        if self.episode_end not in ("timeout", "terminal"):
+            raise ConfigError(
+                f"episode_end must be 'timeout' or 'terminal', got {self.episode_end!r}"
             )
         if self.fisher_subsample < 1:
             raise ConfigError(f"fisher_subsample must be ≥ 1, got {self.fisher_subsample}")

@@ -171,3 +171,43 @@ def test_paper_table_iii_defaults():
     assert paper_defaults(8) == (0.001, 5.0, 200)
     assert paper_defaults(12) == (0.001, 5.0, 500)
     assert paper_defaults(24) == (0.001, 5.0, 500)
+
+
+def _solver_after_local_update(theta_step: str, max_kl: float, beta: float):
+    config = MATRPOConfig(
+        trpo=TRPOConfig(max_kl=max_kl, hidden=(8,), value_epochs=1, fisher_subsample=1),
+        admm=ADMMConfig(beta=beta), theta_step=theta_step,
+    )
+    agent = MATRPO(0, SPEC, [(0, 1), (0, 2)], config, seed=0)
+    agent.local_update(_batches()[0])
+    return agent._solver
+
+
+def _lagrangian_along_step(solver, scale: float, dual, estimate, degree: int) -> float:
+    theta = solver.theta_old + scale * (solver._pending - solver.theta_old)
+    log_ratio, _ = solver._log_ratio_and_kl(theta)
+    return solver.augmented_lagrangian(log_ratio, dual, estimate, degree)
+
+
+def test_theta_step_minimizes_the_augmented_lagrangian_inside_a_loose_trust_region():
+    """Appendix eqs. (47)-(51): when the KKT multiplier is 0 the θ step is the interior
+    minimizer s/(|E(q)|β) of the augmented Lagrangian, not the trust-region boundary (eq. (22)
+    as printed, which the line search then halves to whatever first lowers the Lagrangian)."""
+    solver = _solver_after_local_update("kkt", max_kl=1.0, beta=20.0)
+    shape = tuple(solver.old_log_prob.shape)
+    rng = np.random.default_rng(1)
+    dual = torch.from_numpy(rng.normal(size=shape).astype(np.float32))
+    estimate = torch.from_numpy(0.01 * rng.normal(size=shape).astype(np.float32))
+    solver.propose(dual.numpy(), estimate.numpy(), degree=2)
+    at_step = _lagrangian_along_step(solver, 1.0, dual, estimate, 2)
+    longer = _lagrangian_along_step(solver, 1.5, dual, estimate, 2)
+    shorter = _lagrangian_along_step(solver, 0.67, dual, estimate, 2)
+    assert at_step <= min(longer, shorter), (shorter, at_step, longer)
+    assert solver.last_stats()["step_fraction"] == 1.0
+    assert solver.last_stats()["kl"] < 0.1
+
+
+def test_theta_step_length_is_the_boundary_step_when_the_trust_region_binds():
+    solver = _solver_after_local_update("kkt", max_kl=0.003, beta=1.0)
+    assert solver.step_length(100.0, 2) == pytest.approx(np.sqrt(2 * 0.003 / 100.0))
+    assert solver.step_length(1e-6, 2) == pytest.approx(0.5)

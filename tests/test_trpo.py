@@ -413,3 +413,85 @@ def test_standardized_value_net_fits_large_returns_in_one_iteration():
     assert loss < 0.5  # standardized MSE: most of the variance explained in 5 epochs
     with torch.no_grad():
         assert float(torch.mean((net(observations) - returns) ** 2)) < 0.5 * 30**2
+
+
+def test_gae_bootstraps_time_outs_with_the_last_value():
+    """An episode end as a time-out (Pardo et al., 2018): γ·V(o_t) replaces the missing
+    V(o_{t+1}) at the step that ended the episode, and the λ-recursion still stops there."""
+    rewards = np.array([[1.0], [2.0], [3.0]], dtype=np.float32)
+    values = np.array([[5.0], [7.0], [11.0]], dtype=np.float32)
+    dones = np.array([[False], [True], [False]])
+    terminal, _ = gae(rewards, values, np.array([13.0]), dones, gamma=0.5, lam=1.0)
+    timeout, returns = gae(rewards, values, np.array([13.0]), dones, 0.5, 1.0,
+                           bootstrap_timeouts=True)
+    np.testing.assert_allclose(timeout[1, 0], 2.0 + 0.5 * 7.0 - 7.0)
+    np.testing.assert_allclose(timeout[0, 0], (1.0 + 0.5 * 7.0 - 5.0) + 0.5 * timeout[1, 0])
+    np.testing.assert_allclose(timeout[2], terminal[2])
+    np.testing.assert_allclose(terminal[1, 0], 2.0 - 7.0)
+    np.testing.assert_allclose(returns, timeout + values)
+
+
+def test_time_out_bootstrap_is_the_default():
+    """Measured on spread (docs/benchmarks.md): terminal episode ends stall C-TRPO."""
+    from p2pmarl.algos.itrpo import TRPOConfig
+    from p2pmarl.config import RunConfig
+
+    assert TRPOConfig().episode_end == "timeout"
+    assert RunConfig().episode_end == "timeout"
+
+
+def test_every_trust_region_algorithm_takes_the_runs_episode_end():
+    from p2pmarl.algos.ctrpo import CTRPO
+    from p2pmarl.algos.matrpo import MATRPO
+    from p2pmarl.config import RunConfig
+    from p2pmarl.topology import topology_from_spec
+
+    line = topology_from_spec({"generator": "line", "n": SPEC.n_agents})
+    config = RunConfig(episode_end="terminal")
+    for algorithm in (ITRPO, CTRPO, MATRPO):
+        agent = algorithm.from_run_config(0, SPEC, line, config, seed=0)
+        assert agent.config.episode_end == "terminal", algorithm.name
+
+
+def test_center_keeps_the_scale_and_removes_the_own_mean():
+    advantages = np.random.default_rng(0).normal(3.0, 5.0, size=1000)
+    centered = normalize(advantages, mode="center")
+    assert abs(centered.mean()) < 1e-4
+    np.testing.assert_allclose(centered.std(), advantages.std(), rtol=1e-5)
+    np.testing.assert_array_equal(normalize(advantages, mode="none"),
+                                  advantages.astype(np.float32))
+
+
+def test_matrpo_default_keeps_the_agents_advantage_scales_comparable():
+    """MATRPO's objective is Σ_i A^i (eqs. (6)-(8)): dividing each agent's advantage by its own
+    std would weigh a collision-only agent's noise as much as agent 0's coverage signal."""
+    from p2pmarl.algos.matrpo import MATRPOConfig
+
+    assert MATRPOConfig().trpo.advantage_normalization == "center"
+    rng = np.random.default_rng(0)
+    spreads = []
+    for scale in (20.0, 0.5):
+        batch = Batch(0, rng.normal(size=(50, 2, 6)).astype(np.float32),
+                      rng.integers(0, 3, size=(50, 2, 2)),
+                      (scale * rng.normal(size=(50, 2))).astype(np.float32),
+                      np.zeros((50, 2), bool), rng.normal(size=(2, 6)).astype(np.float32))
+        agent = ITRPO(0, SPEC, TRPOConfig(hidden=(8,)), seed=0)
+        spreads.append(float(agent.prepare(batch).advantages.std()))
+    assert spreads[0] > 10 * spreads[1]
+
+
+def test_own_and_center_give_the_same_trpo_step():
+    """The natural-gradient step and its line search are invariant to the scale of A."""
+    rng = np.random.default_rng(0)
+    batch = Batch(0, rng.normal(size=(40, 3, 6)).astype(np.float32),
+                  rng.integers(0, 3, size=(40, 3, 2)), rng.normal(size=(40, 3)).astype(np.float32),
+                  np.zeros((40, 3), bool), rng.normal(size=(3, 6)).astype(np.float32))
+    steps = []
+    for mode in ("own", "center"):
+        agent = ITRPO(0, SPEC, TRPOConfig(hidden=(8,), advantage_normalization=mode), seed=0)
+        before = flat_parameters(agent.policy.parameters())
+        agent.local_update(batch)
+        steps.append(flat_parameters(agent.policy.parameters()) - before)
+    assert steps[0].norm() > 0
+    # equal up to conjugate gradient's absolute stopping tolerance
+    assert float((steps[0] - steps[1]).norm()) < 5e-2 * float(steps[0].norm())

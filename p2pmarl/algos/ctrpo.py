@@ -55,6 +55,7 @@ class CTRPO(TrustRegionAgent):
             max_kl=max_kl,
             fisher_subsample=config.fisher_subsample,
             advantage_normalization=config.advantage_normalization,
+            episode_end=config.episode_end,
         )
         return cls(spec, settings, seed)
 

@@ -20,6 +20,7 @@ from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import AgentAlgorithm, Batch
 from p2pmarl.algos.networks import CategoricalPolicy, ValueNet, sample_actions
 from p2pmarl.algos.trpo import (
+    ADVANTAGE_NORMALIZATIONS,
     OnPolicyData,
     TRPOStats,
     fit_value,
@@ -61,11 +62,17 @@ class TRPOConfig:
     """Passes over the batch per value fit; 1-10."""
     value_minibatch: int = 256
     """Samples per value-fit minibatch; 64-1024."""
-    advantage_normalization: str = "own"
-    """``own``: standardize advantages with the agent's own batch statistics (BRIEF); ``none``:
-    raw advantages, which keeps the reward scales of different agents comparable in MATRPO's
-    consensus (agent 0 of spread is the only one rewarded for landmarks) without sharing any
-    statistic."""
+    advantage_normalization: str = "center"
+    """``center`` (default): subtract the agent's own batch mean, which keeps the reward scales
+    of different agents comparable in MATRPO's consensus (agent 0 of spread is the only one
+    rewarded for landmarks) without sharing any statistic; ``own``: also divide by the own
+    standard deviation (BRIEF), which reweights the agents' terms of MATRPO's team objective;
+    ``none``: raw advantages. A TRPO step is invariant to the scale of A, so for I-TRPO and
+    C-TRPO ``own`` and ``center`` give the same step; see :func:`~p2pmarl.algos.trpo.normalize`
+    for why the offset matters."""
+    episode_end: str = "timeout"
+    """``timeout``: an episode end is a time limit, GAE bootstraps there with V (Pardo et al.,
+    2018; MPE episodes end only by their horizon); ``terminal``: nothing after the last step."""
     fisher_subsample: int = 5
     """Fisher-vector products use every k-th sample (1 = all; 5 as in OpenAI baselines' TRPO):
     CG dominates the cost and memory of a step, and the Fisher is a smooth average."""
@@ -84,7 +91,8 @@ class TRPOConfig:
             "value_epochs": self.value_epochs >= 0,
             "value_minibatch": self.value_minibatch >= 1,
             "fisher_subsample": self.fisher_subsample >= 1,
-            "advantage_normalization": self.advantage_normalization in ("own", "none"),
+            "advantage_normalization": self.advantage_normalization in ADVANTAGE_NORMALIZATIONS,
+            "episode_end": self.episode_end in ("timeout", "terminal"),
         }
         for name, valid in checks.items():
             if not valid:
@@ -140,7 +148,8 @@ class TrustRegionAgent(AgentAlgorithm):
             )
         return prepare_on_policy_data(
             batch, self.value_net, self.config.gamma, self.config.lam,
-            normalize_advantages=self.config.advantage_normalization == "own",
+            normalization=self.config.advantage_normalization,
+            bootstrap_timeouts=self.config.episode_end == "timeout",
         )
 
     def fit_value(self, data: OnPolicyData) -> float:
@@ -248,6 +257,7 @@ class ITRPO(TrustRegionAgent):
         trpo = TRPOConfig(
             fisher_subsample=config.fisher_subsample,
             advantage_normalization=config.advantage_normalization,
+            episode_end=config.episode_end,
         )
         if config.max_kl is not None:
             trpo = dataclasses.replace(trpo, max_kl=config.max_kl)

@@ -3,8 +3,9 @@ asynchronous ADMM in which neighbours exchange only log policy ratios.
 
 Agent i's policy maps its own observation o^i to a distribution over every agent's action (N
 categorical heads, π^i(a|o^i) = Π_n π^i(a^n|o^i)); it acts with head i. Its value net sees only
-o^i and is fitted to its own reward. Per training iteration: own GAE (eqs. 18-19) normalised with
-own statistics, value fit, then the ADMM phase (:mod:`p2pmarl.algos.admm`) whose θ step is
+o^i and is fitted to its own reward. Per training iteration: own GAE (eqs. 18-19) centred with
+its own mean (scales kept: the objective is the sum of the agents' advantages), value fit, then
+the ADMM phase (:mod:`p2pmarl.algos.admm`) whose θ step is
 :class:`TrustRegionSolver` (eq. 22), then θ_old ← θ.
 """
 
@@ -59,6 +60,17 @@ class MATRPOConfig:
     """β, activation budget and schedule of the consensus phase."""
     linearized_log_ratio: bool = False
     """Exchange J·(θ−θ_old) (eq. 22) instead of the true log ratio (reference implementation)."""
+    theta_step: str = "kkt"
+    """``kkt``: the exact minimizer of the linearized augmented Lagrangian in the trust region
+    (appendix eqs. (47)-(51) with the multiplier λ ≥ 0): the boundary step of eq. (22) when the
+    trust region binds, else the interior step H⁻¹V/(|E(q)|β); ``boundary``: always the
+    trust-region boundary step of eq. (22) as printed (which assumes λ* > 0 in eq. (50))."""
+
+    def __post_init__(self) -> None:
+        if self.theta_step not in ("kkt", "boundary"):
+            raise ValueError(
+                f"MATRPOConfig.theta_step={self.theta_step!r}: use 'kkt' or 'boundary'"
+            )
 
 
 class TrustRegionSolver:
@@ -152,7 +164,7 @@ class TrustRegionSolver:
         curvature = float(gradient.dot(direction))
         if not (curvature > 0 and math.isfinite(curvature)):
             return self.theta_old, zero, {**stats, "lagrangian": before}
-        full_step = math.sqrt(2.0 * self.max_kl / curvature) * direction
+        full_step = self.step_length(curvature, degree) * direction
         evaluated: dict[float, tuple[Tensor, Tensor]] = {}
 
         def evaluate(fraction: float) -> tuple[float, float]:
@@ -171,6 +183,21 @@ class TrustRegionSolver:
             return self.theta_old, zero, stats
         theta, log_ratio = evaluated[result.fraction]
         return theta, log_ratio, stats
+
+    def step_length(self, curvature: float, degree: int) -> float:
+        """Length of the θ step along s = H⁻¹V, given the curvature Vᵀs and |E(q)| = degree.
+
+        Appendix eqs. (47)-(51): the linearized augmented Lagrangian is minimized in the trust
+        region at x = s/(λ* + |E(q)|β) with λ* = sqrt(Vᵀs/(2δ/N)) − |E(q)|β (eq. (50)). Eq. (22)
+        is the case λ* > 0 (the boundary step sqrt(2(δ/N)/Vᵀs)); when λ* would be negative the
+        KKT multiplier is 0 and the minimizer is the interior step s/(|E(q)|β): the penalty
+        β/2‖C ℓ − z‖² already holds θ closer to θ_old than the trust region does. Going to
+        the boundary anyway overshoots the consensus point and the ADMM iterates oscillate.
+        """
+        boundary = math.sqrt(2.0 * self.max_kl / curvature)
+        if self.config.theta_step == "boundary" or degree < 1:
+            return boundary
+        return min(boundary, 1.0 / (degree * self.beta))
 
     def _search_direction(self, gradient: Tensor) -> Tensor:
         """s ≈ H⁻¹g by conjugate gradient, warm-started within the phase.
@@ -276,6 +303,7 @@ class MATRPO(TrustRegionAgent):
                 max_kl=config.max_kl or max_kl,
                 fisher_subsample=config.fisher_subsample,
                 advantage_normalization=config.advantage_normalization,
+                episode_end=config.episode_end,
             ),
             admm=ADMMConfig(
                 beta=config.beta or beta,
@@ -287,6 +315,7 @@ class MATRPO(TrustRegionAgent):
                 phase_timeout=config.phase_timeout,
             ),
             linearized_log_ratio=config.linearized_log_ratio,
+            theta_step=config.theta_step,
         )
         return cls(agent_id, spec, list(topology.edges), settings, seed)
 

@@ -37,25 +37,37 @@ def gae(
     dones: np.ndarray,
     gamma: float,
     lam: float,
+    bootstrap_timeouts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generalized advantage estimates and λ-returns over a (T, K) rollout.
 
     MATRPO eqs. (18)-(19) (Schulman et al., 2016): ε_t = r_t + γ V(o_{t+1}) − V(o_t) and
     A_t = Σ_l (γλ)^l ε_{t+l}, computed backwards as A_t = ε_t + γλ A_{t+1}. ``dones[t]`` means
     the episode ended with step t: there V(o_{t+1}) and A_{t+1} are dropped, so nothing is
-    bootstrapped across an episode boundary. The end of an episode is treated as terminal: MPE
-    episodes have a fixed horizon (100 steps in the paper) and the objective is the return
-    within it, so there is nothing after the last step to bootstrap; the batch also holds only
-    the observation after the reset, not the one the truncated episode ended in. After the
-    last row, ``last_values`` = V(o_T) bootstraps episodes still running.
+    bootstrapped across an episode boundary. After the last row, ``last_values`` = V(o_T)
+    bootstraps episodes still running.
+
+    ``bootstrap_timeouts`` treats an episode end as a time-out rather than a terminal state
+    (Pardo et al., 2018, "Time Limits in Reinforcement Learning"): the step that ended the
+    episode gets γ·V(o_t) in place of γ·V(o_{t+1}) (the batch holds only the observation after
+    the reset, not the one the truncated episode ended in; one step later it is nearly the same
+    state), while λ-recursion still stops at the boundary. MPE episodes end only by their fixed
+    horizon, which V(o) cannot see (o holds no time): treated as terminal, the last ~1/(1−γλ)
+    steps of every episode get an advantage of about −V ≈ +130 on spread whatever the action,
+    noise that swamps the ~1-per-step coverage signal (measured: C-TRPO −274 → −290 in 10
+    iterations of 10k steps as terminal, −274 → −202 with time-out bootstrapping).
 
     Returns float32 advantages A and returns A + V, both (T, K).
     """
     rewards64 = np.asarray(rewards, dtype=np.float64)
     values64 = np.asarray(values, dtype=np.float64)
-    continues = 1.0 - np.asarray(dones, dtype=np.float64)
+    ends = np.asarray(dones, dtype=np.float64)
+    continues = 1.0 - ends
     next_values = np.concatenate([values64[1:], np.asarray(last_values, np.float64)[None]])
-    deltas = rewards64 + gamma * next_values * continues - values64
+    next_values = next_values * continues
+    if bootstrap_timeouts:
+        next_values += values64 * ends
+    deltas = rewards64 + gamma * next_values - values64
     advantages = np.empty_like(deltas)
     running = np.zeros(deltas.shape[1:], dtype=np.float64)
     for t in range(deltas.shape[0] - 1, -1, -1):
@@ -64,9 +76,26 @@ def gae(
     return advantages.astype(np.float32), (advantages + values64).astype(np.float32)
 
 
-def normalize(advantages: np.ndarray, eps: float = 1e-8) -> np.ndarray:
-    """(A − mean A) / (std A + eps) with the agent's own statistics (BRIEF: never pooled)."""
-    return ((advantages - advantages.mean()) / (advantages.std() + eps)).astype(np.float32)
+ADVANTAGE_NORMALIZATIONS = ("own", "center", "none")
+"""``own``: (A − mean A)/std A; ``center``: A − mean A; ``none``: raw A (own statistics only)."""
+
+
+def normalize(advantages: np.ndarray, eps: float = 1e-8, mode: str = "own") -> np.ndarray:
+    """(A − mean A) / (std A + eps) with the agent's own statistics (BRIEF: never pooled).
+
+    ``mode="center"`` only subtracts the own mean, keeping the reward's scale: MATRPO's objective
+    is the sum of the agents' advantages (eqs. (6)-(8)), and dividing each by its own std
+    reweights the agents (on spread the collision-only agents' noise by ~30× against agent 0's
+    coverage signal). The mean still matters: a TRPO step is invariant to the scale of A but not
+    to its offset, whose score-function term Σ_m ∇log π is pure sampling noise (measured on
+    spread, C-TRPO 10×10k: −274 → −273 uncentered, −202 centered). ``mode="none"``: raw A.
+    """
+    if mode == "none":
+        return np.asarray(advantages, dtype=np.float32)
+    centered = advantages - advantages.mean()
+    if mode == "center":
+        return centered.astype(np.float32)
+    return (centered / (advantages.std() + eps)).astype(np.float32)
 
 
 def conjugate_gradient(
@@ -388,7 +417,7 @@ class OnPolicyData:
     joint_actions: Tensor
     """Joint actions a_m, int64 (M, N)."""
     advantages: Tensor
-    """Own GAE advantages normalized with own statistics, float32 (M,)."""
+    """Own GAE advantages normalized with own statistics (:func:`normalize`), float32 (M,)."""
     returns: Tensor
     """λ-returns, the value-fit targets, float32 (M,)."""
     raw_advantage_std: float
@@ -403,6 +432,7 @@ def estimate_advantages(
     dones: np.ndarray,
     gamma: float,
     lam: float,
+    bootstrap_timeouts: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """V(o) for a (T, K, obs) rollout and its bootstrap row in one forward pass, then :func:`gae`.
 
@@ -421,14 +451,21 @@ def estimate_advantages(
         dones,
         gamma,
         lam,
+        bootstrap_timeouts,
     )
 
 
 def prepare_on_policy_data(
-    batch: Batch, value_net: nn.Module, gamma: float, lam: float, normalize_advantages: bool = True
+    batch: Batch,
+    value_net: nn.Module,
+    gamma: float,
+    lam: float,
+    normalization: str = "own",
+    bootstrap_timeouts: bool = False,
 ) -> OnPolicyData:
     """Agent i's own GAE (eqs. (18)-(19)) from its own reward, normalized with its own
-    statistics, and the batch flattened for the policy and value updates."""
+    statistics (:func:`normalize`, ``mode=normalization``), and the batch flattened for the
+    policy and value updates."""
     advantages, returns = estimate_advantages(
         value_net,
         batch.observations,
@@ -437,6 +474,7 @@ def prepare_on_policy_data(
         batch.dones,
         gamma,
         lam,
+        bootstrap_timeouts,
     )
     observations = batch.observations.reshape(batch.n_samples, -1)
     joint_actions = batch.joint_actions.reshape(batch.n_samples, -1)
@@ -444,7 +482,7 @@ def prepare_on_policy_data(
         observations=torch.as_tensor(observations, dtype=torch.float32),
         joint_actions=torch.as_tensor(joint_actions, dtype=torch.int64),
         advantages=torch.from_numpy(
-            normalize(advantages.reshape(-1)) if normalize_advantages else advantages.reshape(-1)
+            normalize(advantages.reshape(-1), mode=normalization)
         ),
         returns=torch.from_numpy(returns.reshape(-1)),
         raw_advantage_std=float(advantages.std()),
