@@ -54,8 +54,8 @@ class RunConfig:
     linearized_log_ratio: bool = False
     """Exchange the paper's J·(θ−θ_old) instead of the true log ratio (eq. 22)."""
     theta_step: str = "kkt"
-    """MATRPO θ step: ``kkt`` (exact trust-region minimizer, appendix eqs. (47)-(51)) or
-    ``boundary`` (always the trust-region boundary step of eq. (22))."""
+    """MATRPO θ step: ``kkt`` (exact trust-region minimizer of the linearized Lagrangian, appendix
+    eqs. (47)-(51)) or ``boundary`` (always the trust-region boundary step of eq. (22))."""
     initial_dual: float = 0.0
     """Initial value of every edge dual y at the start of an ADMM phase."""
     advantage_normalization: str = "center"

@@ -36,7 +36,9 @@ def _batches(seed: int = 0) -> list[Batch]:
 
 def _run_phase(edges, schedule, budget, seed=0, linearized=False):
     config = MATRPOConfig(
-        trpo=TRPOConfig(max_kl=0.01, hidden=(16, 16), value_epochs=1, fisher_subsample=1),
+        # unit-scale advantages: the agreement thresholds below were calibrated with them
+        trpo=TRPOConfig(max_kl=0.01, hidden=(16, 16), value_epochs=1, fisher_subsample=1,
+                        advantage_normalization="own"),
         admm=ADMMConfig(beta=1.0, budget=budget, schedule=schedule, seed=seed,
                         message_timeout=5.0, phase_timeout=60.0),
         linearized_log_ratio=linearized,
