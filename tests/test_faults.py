@@ -215,6 +215,11 @@ def test_a_bad_spec_fails_before_any_process_starts(tmp_path: Path) -> None:
     with pytest.raises(FaultSpecError, match="is not an edge of topology"):
         launch(config, show_progress=False)
     assert not out.exists()
+    crash_file = write_spec(tmp_path, "crash: [{agent: 2, at_iteration: 1}]\n")
+    centralized = replace(config, faults=str(crash_file), algo="ctrpo")
+    with pytest.raises(FaultSpecError, match="one centralized learner process"):
+        launch(centralized, show_progress=False)
+    assert not out.exists()
 
 
 # -- decisions -----------------------------------------------------------------------------------

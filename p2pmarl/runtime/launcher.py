@@ -403,6 +403,11 @@ def launch(
     topology = load_checked_topology(config)
     fault_spec = faults.resolve_run_faults(config, topology)  # a bad spec fails before any start
     learners = 1 if algorithm_class(config.algo).centralized else topology.n_agents
+    if fault_spec is not None and fault_spec.crash and learners != topology.n_agents:
+        raise faults.FaultSpecError(
+            f"fault spec {fault_spec.source}: crash: {config.algo} runs one centralized learner "
+            "process, not one process per agent; crash entries cannot apply to it"
+        )
     if resume is None:
         run_dir, start = new_run_dir(config), 0
     else:
