@@ -413,6 +413,7 @@ class ADMMPhase:
         self._next_probe: dict[int, float] = {}
         self._probes: Counter[int] = Counter()
         self._next_activation = 0
+        self._next_liveness_check = 0.0
         # seeded
         self._buffer: dict[tuple[int, int], PeerMessage] = {}
         self._latest_from: dict[int, int] = {}
@@ -459,7 +460,8 @@ class ADMMPhase:
         for partner in self._edge_of:
             self._send(partner, READY, reply=0)
         while len(self.closed) < len(self.states) and not self._past_deadline():
-            self._close_lost_partners()
+            if time.monotonic() >= self._next_liveness_check:  # this loop spins every 0.1 ms
+                self._close_lost_partners()
             self._probe_silent()
             message = self._receive(POLL_SECONDS)
             if message is not None:
@@ -789,6 +791,7 @@ class ADMMPhase:
         nothing more can be exchanged on it in this phase. DONE still goes out: should the
         partner be alive after all (a restart the views disagree on), it closes its side too
         instead of waiting; a dead partner's restarted process drops it as stale."""
+        self._next_liveness_check = time.monotonic() + LIVENESS_POLL_SECONDS
         for partner in self.peers.down():
             edge = self._edge_of.get(partner)
             if edge is not None and edge not in self.closed:
