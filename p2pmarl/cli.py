@@ -41,6 +41,7 @@ _FLAG_HELP = {
     "phase_timeout": "seconds the world waits for agents to finish learning",
     "faults": "fault spec file of injected link failures (docs/faults.md)",
     "drop": "probability that any peer message is lost (replaces the spec's drop)",
+    "env_backend": "batched (numpy over all copies) or mpe2 (the reference, copy by copy)",
 }
 
 

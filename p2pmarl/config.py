@@ -78,6 +78,11 @@ class RunConfig:
     """Fault spec file (YAML/JSON) of injected link failures, see docs/faults.md (None: none)."""
     drop: float | None = None
     """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
+    # issue 15: batched particle world
+    env_backend: str = "batched"
+    """How the world steps its K copies: ``batched`` (numpy arrays over all copies,
+    p2pmarl/envs/particles, for spread, spread-shared, treasure and tag; other environments
+    step copy by copy) or ``mpe2`` (K mpe2 envs, the reference it matches step for step)."""
 
     @property
     def rollout_length(self) -> int:
@@ -119,6 +124,11 @@ class RunConfig:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
         if self.drop is not None and not 0 <= self.drop < 1:
             raise ConfigError(f"drop must be a probability in [0, 1), got {self.drop}")
+        # issue 15
+        if self.env_backend not in ENV_BACKENDS:
+            raise ConfigError(
+                f"env_backend must be one of {', '.join(ENV_BACKENDS)}, got {self.env_backend!r}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -126,6 +136,8 @@ class RunConfig:
 
 
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
+ENV_BACKENDS = ("batched", "mpe2")
+"""Values of :attr:`RunConfig.env_backend` (issue 15)."""
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

@@ -30,7 +30,7 @@ COMMON = [
     "--steps-per-iteration", "64", "--n-envs", "4", "--episode-length", "8", "--iterations", "2",
     "--seed", "3", "--no-progress", "--json",
 ]
-EXTRA: list[str] = []
+EXTRA: list[str] = ["--env-backend", "mpe2"]
 """Flags that pin the reference configuration where a later default differs (none yet)."""
 
 

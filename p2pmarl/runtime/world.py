@@ -19,6 +19,7 @@ import zmq
 from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import make_env
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
+from p2pmarl.envs.particles import ParticleWorld, has_batched, make_batched
 from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
 from p2pmarl.runtime.world_link import (
@@ -48,18 +49,36 @@ class StepResult:
 
 
 class VectorWorld:
-    """K environment copies with automatic reset at episode end."""
+    """K environment copies with automatic reset at episode end.
+
+    With ``env_backend="batched"`` (the default) the particle families step all K copies at once
+    in a :class:`~p2pmarl.envs.particles.ParticleWorld`; otherwise (``mpe2``, or an environment
+    without a batched implementation) K :class:`MultiAgentEnv` copies step one by one. Both are
+    seeded alike (copy k with the k-th seed of ``SeedSequence(seed)``) and give the same numbers.
+    """
 
     def __init__(self, config: RunConfig, n_agents: int, seed: int) -> None:
-        self.envs: list[MultiAgentEnv] = [
+        seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(config.n_envs)]
+        self.batched: ParticleWorld | None = None
+        self.envs: list[MultiAgentEnv] = []
+        if config.env_backend == "batched" and has_batched(config.env):
+            self.batched = make_batched(
+                config.env, n_agents, config.n_envs, config.episode_length
+            )
+            self.batched.reset(seeds)
+            self.spec: EnvSpec = self.batched.spec
+            return
+        self.envs = [
             make_env(config.env, n_agents, config.episode_length) for _ in range(config.n_envs)
         ]
-        self.spec: EnvSpec = self.envs[0].spec
-        seeds = np.random.SeedSequence(seed).generate_state(len(self.envs))
-        self.observations = [env.reset(int(s)) for env, s in zip(self.envs, seeds, strict=True)]
+        self.spec = self.envs[0].spec
+        self.observations = [env.reset(s) for env, s in zip(self.envs, seeds, strict=True)]
 
     def step(self, rows: range, joint_actions: np.ndarray) -> StepResult:
         """Step copies ``rows`` with their rows of the joint action; reset finished copies."""
+        if self.batched is not None:
+            rewards, dones = self.batched.step(rows, joint_actions)
+            return StepResult(rewards, dones, joint_actions)
         n_agents = joint_actions.shape[1]
         rewards = np.zeros((len(rows), n_agents), dtype=np.float32)
         dones = np.zeros(len(rows), dtype=bool)
@@ -72,9 +91,13 @@ class VectorWorld:
 
     def agent_observations(self, agent: int, rows: range) -> np.ndarray:
         """Agent ``agent``'s observation block for copies ``rows``, float32 (len(rows), d_i)."""
+        if self.batched is not None:
+            return np.ascontiguousarray(self.batched.observation(agent, rows))
         return np.stack([self.observations[k][agent] for k in rows]).astype(np.float32, copy=False)
 
     def close(self) -> None:
+        if self.batched is not None:
+            self.batched.close()
         for env in self.envs:
             env.close()
 
