@@ -24,7 +24,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from p2pmarl.envs.base import EnvSpec
-from p2pmarl.envs.particles.physics import Bodies, PhysicsConstants, integrate, total_forces
+from p2pmarl.envs.particles.physics import (
+    Bodies,
+    PhysicsConstants,
+    integrate,
+    measure,
+    total_forces,
+)
 
 
 def copy_generator(seed: int) -> np.random.Generator:
@@ -73,6 +79,11 @@ class ParticleWorld(ABC):
         self.positions = np.zeros((n_copies, n_entities, 2))
         self.velocities = np.zeros((n_copies, n_entities, 2))
         self.steps = np.zeros(n_copies, dtype=np.int64)
+        c = bodies.n_colliders
+        self.delta = np.zeros((n_copies, c, c, 2))
+        """Collider geometry at the current positions: ``delta[k, j, e] = p_e - p_j``."""
+        self.distance = np.zeros((n_copies, c, c))
+        """``|delta|``: collider distances at the current positions."""
         self.generators: list[np.random.Generator | None] = [None] * n_copies
         self._action_limits = np.array(spec.action_sizes)
         self._groups = observation_groups(spec.observation_sizes)
@@ -113,6 +124,7 @@ class ParticleWorld(ABC):
             raise ValueError(f"{self.spec.name}: need {self.n_copies} seeds, got {len(seeds)}")
         self.generators = [copy_generator(s) for s in seeds]
         self._reset_copies(np.arange(self.n_copies))
+        self._measure(slice(0, self.n_copies))
         self._store_observations(slice(0, self.n_copies))
         self._started = True
 
@@ -126,17 +138,27 @@ class ParticleWorld(ABC):
             raise RuntimeError(f"{self.spec.name}: call reset(seeds) before step()")
         block = as_rows(rows, self.n_copies)
         actions = self._check_actions(actions, block.stop - block.start)
-        positions = self.positions[block]
-        velocities = self.velocities[block]
         n = self.bodies.n_agents
-        force = total_forces(positions, actions, self.bodies, self.constants)
-        integrate(positions[:, :n], velocities[:, :n], force, self.bodies, self.constants)
+        colliding = self.bodies.n_colliders >= 2
+        force = total_forces(
+            actions,
+            self.delta[block] if colliding else None,
+            self.distance[block] if colliding else None,
+            self.bodies,
+            self.constants,
+        )
+        integrate(
+            self.positions[block, :n], self.velocities[block, :n], force, self.bodies,
+            self.constants,
+        )
+        self._measure(block)
         self._after_physics(block)
         rewards = self._rewards(block)
         self.steps[block] += 1
         dones = self.steps[block] >= self.spec.episode_length
         if dones.any():
             self._reset_copies(block.start + np.flatnonzero(dones))
+            self._measure(block)
         self._store_observations(block)
         return rewards, dones
 
@@ -157,6 +179,11 @@ class ParticleWorld(ABC):
             generator = self.generators[k]
             assert generator is not None
             self._reset_copy(k, generator)
+
+    def _measure(self, block: slice) -> None:
+        if self.bodies.n_colliders >= 2:
+            c = self.bodies.n_colliders
+            measure(self.positions[block, :c], self.delta[block], self.distance[block])
 
     def _store_observations(self, block: slice) -> None:
         for stored, fresh in zip(self._observations, self._observe(block), strict=True):

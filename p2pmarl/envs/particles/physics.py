@@ -18,6 +18,7 @@ Contact force between colliders a and b (mpe2's soft penetration, margin k): wit
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -53,54 +54,99 @@ class Bodies:
     """(N,) mass of each agent."""
     max_speed: np.ndarray
     """(N,) speed limit of each agent (``inf``: none)."""
-    colliders: np.ndarray
-    """Indices of the entities that take part in contacts (``collide=True``), increasing."""
+    n_colliders: int
+    """Entities ``0..C-1`` take part in contacts (mpe2 ``collide=True``): the agents, then the
+    colliding landmarks; in every MPE family here the colliders come first."""
 
     @property
     def n_agents(self) -> int:
         return len(self.accel)
 
+    @cached_property
+    def contact_distance(self) -> np.ndarray:
+        """(C, C) ``s_a + s_b``: the distance below which two colliders touch."""
+        sizes = self.sizes[: self.n_colliders]
+        return sizes[:, None] + sizes[None, :]
 
-def action_forces(actions: np.ndarray, accel: np.ndarray) -> np.ndarray:
+    @cached_property
+    def identity(self) -> np.ndarray:
+        """(C, C) identity matrix of the colliders."""
+        return np.eye(self.n_colliders)
+
+    @cached_property
+    def action_table(self) -> np.ndarray:
+        """(N, 5, 2) ``MOVES · accel`` of each agent: the force of each discrete action."""
+        return MOVES[None, :, :] * self.accel[:, None, None]
+
+    @cached_property
+    def unit_mass(self) -> bool:
+        """Every agent has mass 1 (then ``F / m`` is ``F`` exactly and is skipped)."""
+        return bool((self.mass == 1.0).all())
+
+    @cached_property
+    def speed_limited(self) -> bool:
+        return bool(np.isfinite(self.max_speed).any())
+
+
+def action_forces(actions: np.ndarray, bodies: Bodies) -> np.ndarray:
     """``u = MOVES[a]·accel``: (R, N) discrete actions -> (R, N, 2) forces."""
-    return MOVES[actions] * accel[None, :, None]
+    return bodies.action_table[np.arange(bodies.n_agents), actions]
+
+
+def measure(positions: np.ndarray, delta: np.ndarray, distance: np.ndarray) -> None:
+    """Collider geometry of (R, C, 2) positions into ``delta`` (R, C, C, 2) and ``distance``
+    (R, C, C): ``delta[r, j, e] = p_e - p_j`` and ``distance = |delta|`` (computed as mpe2 does).
+
+    One measurement per step serves the rewards, the observations and the next step's contact
+    forces (the positions do not change in between).
+    """
+    np.subtract(positions[:, None, :, :], positions[:, :, None, :], out=delta)
+    square = delta * delta
+    np.add(square[..., 0], square[..., 1], out=distance)
+    np.sqrt(distance, out=distance)
 
 
 def contact_forces(
-    positions: np.ndarray, sizes: np.ndarray, constants: PhysicsConstants
+    delta: np.ndarray, distance: np.ndarray, bodies: Bodies, constants: PhysicsConstants
 ) -> np.ndarray:
-    """Contact forces ``F[r, a, b]`` on collider a from collider b: (R, C, 2) -> (R, C, C, 2).
+    """``F[r, j, e]``, the contact force on collider e from collider j, from :func:`measure`'s
+    geometry: (R, C, C, 2); the diagonal (an entity and itself) is exactly 0.
 
-    The diagonal (an entity and itself) is exactly 0.
+    mpe2 gives a in pair (a, b) ``+c·(p_a - p_b)/d·pen`` and b the negation of the same, which
+    equals ``c·(p_b - p_a)/d·pen`` exactly: so ``F[r, j, e] = c·delta[r, j, e]/d·pen``.
     """
-    delta = positions[:, :, None, :] - positions[:, None, :, :]
-    square = delta * delta
-    distance = np.sqrt(square[..., 0] + square[..., 1])
-    minimum = sizes[:, None] + sizes[None, :]
     k = constants.contact_margin
-    penetration = np.logaddexp(0, -(distance - minimum) / k) * k
-    n = positions.shape[1]
-    np.einsum("rii->ri", distance)[...] = 1.0  # self pairs: avoid 0/0, zeroed below
-    force = constants.contact_force * delta / distance[..., None] * penetration[..., None]
-    force[:, np.arange(n), np.arange(n)] = 0.0
+    # mpe2's -(d - d_min) / k, written (d_min - d) / k: the same number, one operation less
+    penetration = np.logaddexp(0, (bodies.contact_distance - distance) / k)
+    penetration *= k
+    divisor = distance + bodies.identity  # self pairs: 0/1 instead of 0/0; delta is 0 there
+    force = constants.contact_force * delta
+    force /= divisor[..., None]
+    force *= penetration[..., None]
     return force
 
 
 def total_forces(
-    positions: np.ndarray, actions: np.ndarray, bodies: Bodies, constants: PhysicsConstants
+    actions: np.ndarray,
+    delta: np.ndarray | None,
+    distance: np.ndarray | None,
+    bodies: Bodies,
+    constants: PhysicsConstants,
 ) -> np.ndarray:
-    """Action plus contact forces on each agent, (R, N, 2), summed in mpe2's entity order."""
-    force = action_forces(actions, bodies.accel)
-    colliders = bodies.colliders
-    if len(colliders) < 2:
+    """Action plus contact forces on each agent, (R, N, 2), summed in mpe2's entity order.
+
+    ``delta`` and ``distance`` are the colliders' current geometry (:func:`measure`), None
+    without colliders.
+    """
+    force = action_forces(actions, bodies)
+    if delta is None or distance is None:
         return force
-    pairwise = contact_forces(positions[:, colliders], bodies.sizes[colliders], constants)
-    agent_rows = np.flatnonzero(colliders < bodies.n_agents)
-    agents = colliders[agent_rows]
-    # mpe2 adds u first, then each partner's force in increasing entity order
-    terms = np.concatenate([force[:, agents, None, :], pairwise[:, agent_rows]], axis=2)
-    accumulated = np.cumsum(terms, axis=2)[:, :, -1, :]
-    force[:, agents] = accumulated
+    pairwise = contact_forces(delta, distance, bodies, constants)
+    m = min(bodies.n_colliders, bodies.n_agents)  # the colliding agents
+    # mpe2 adds u first, then each partner's force in increasing entity order; a sum over a
+    # non-innermost axis adds the terms one after the other in that order
+    terms = np.concatenate([force[:, None, :m], pairwise[:, :, :m]], axis=1)
+    force[:, :m] = terms.sum(axis=1)
     return force
 
 
@@ -114,10 +160,13 @@ def integrate(
     """mpe2 ``integrate_state`` for the agents, in place on (R, N, 2) views of the state."""
     positions += velocities * constants.dt
     velocities *= 1 - constants.damping
-    velocities += (force / bodies.mass[None, :, None]) * constants.dt
-    if np.isfinite(bodies.max_speed).any():
+    if not bodies.unit_mass:
+        force = force / bodies.mass[:, None]
+    force *= constants.dt
+    velocities += force
+    if bodies.speed_limited:
         speed = np.sqrt(np.square(velocities[..., 0]) + np.square(velocities[..., 1]))
-        over = speed > bodies.max_speed[None, :]
+        over = speed > bodies.max_speed
         if over.any():
             rows, agents = np.nonzero(over)
             scaled = velocities[rows, agents] / speed[rows, agents, None]

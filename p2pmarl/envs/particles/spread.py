@@ -30,12 +30,12 @@ class BatchedSpread(ParticleWorld):
             accel=np.full(n, DEFAULT_SENSITIVITY),
             mass=np.ones(n),
             max_speed=np.full(n, np.inf),
-            colliders=np.arange(n),
+            n_colliders=n,
         )
         super().__init__(spread_spec(n, episode_length, name), n_copies, 2 * n, bodies)
         self.shared = shared
         self._others = others_index(n)
-        self._agent_sizes = bodies.sizes[:n]
+        self._off_diagonal = ~np.eye(n, dtype=bool)
 
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
         self.positions[k] = generator.uniform(-1, +1, (2 * self.spec.n_agents, 2))
@@ -45,10 +45,8 @@ class BatchedSpread(ParticleWorld):
         agents = self.positions[rows, :n]
         landmarks = self.positions[rows, n:]
         coverage = pairwise_distances(agents, landmarks).min(axis=1).sum(axis=1)
-        contacts = pairwise_distances(agents, agents) < (
-            self._agent_sizes[:, None] + self._agent_sizes[None, :]
-        )
-        contacts[:, np.arange(n), np.arange(n)] = False
+        contacts = self.distance[rows] < self.bodies.contact_distance
+        contacts &= self._off_diagonal
         if self.shared:  # mpe2: (1 - r)·global + r·local, local = -#contacts
             local = -contacts.sum(axis=2).astype(np.float64)
             rewards = (1.0 - LOCAL_RATIO) * -coverage[:, None] + LOCAL_RATIO * local
@@ -67,7 +65,7 @@ class BatchedSpread(ParticleWorld):
         out[:, :, 2:4] = agents
         relative_landmarks = positions[:, None, n:, :] - agents[:, :, None, :]
         out[:, :, 4 : 4 + 2 * n] = relative_landmarks.reshape(r, n, 2 * n)
-        relative = agents[:, None, :, :] - agents[:, :, None, :]  # [r, i, j] = p_j - p_i
+        relative = self.delta[rows]  # [r, i, j] = p_j - p_i
         others = relative[:, np.arange(n)[:, None], self._others]
         out[:, :, 4 + 2 * n : 2 + 4 * n] = others.reshape(r, n, 2 * (n - 1))
         return [out]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from p2pmarl.envs.particles.base import ParticleWorld
-from p2pmarl.envs.particles.physics import Bodies, touching
+from p2pmarl.envs.particles.physics import Bodies
 from p2pmarl.envs.spread import others_index
 from p2pmarl.envs.tag import CATCH_REWARD, N_GOOD, N_OBSTACLES, tag_spec
 
@@ -41,7 +41,7 @@ class BatchedTag(ParticleWorld):
             accel=np.array([k["accel"] for k in kinds]),
             mass=np.ones(n_agents),
             max_speed=np.array([k["max_speed"] for k in kinds]),
-            colliders=np.arange(n_agents + N_OBSTACLES),
+            n_colliders=n_agents + N_OBSTACLES,
         )
         spec = tag_spec(n_agents, episode_length)
         super().__init__(spec, n_copies, n_agents + N_OBSTACLES, bodies)
@@ -54,9 +54,10 @@ class BatchedTag(ParticleWorld):
         self.positions[k, n:] = generator.uniform(-0.9, +0.9, (N_OBSTACLES, 2))
 
     def _rewards(self, rows: slice) -> np.ndarray:
-        n, a, sizes = self.spec.n_agents, self.n_adversaries, self.bodies.sizes
+        n, a = self.spec.n_agents, self.n_adversaries
         prey = self.positions[rows, a:n]
-        caught = touching(prey, sizes[a:n], self.positions[rows, :a], sizes[:a]).sum(axis=2)
+        contact = self.bodies.contact_distance[a:n, :a]
+        caught = (self.distance[rows, a:n, :a] < contact).sum(axis=2)
         rewards = np.empty((prey.shape[0], n))
         rewards[:, :a] = CATCH_REWARD * caught.sum(axis=1)[:, None]
         rewards[:, a:] = -CATCH_REWARD * caught - boundary_penalty(prey)
@@ -67,8 +68,8 @@ class BatchedTag(ParticleWorld):
         positions = self.positions[rows]
         agents, velocities = positions[:, :n], self.velocities[rows, :n]
         r = agents.shape[0]
-        obstacles = (positions[:, None, n:, :] - agents[:, :, None, :]).reshape(r, n, -1)
-        relative = agents[:, None, :, :] - agents[:, :, None, :]
+        relative = self.delta[rows]  # [r, i, j] = p_j - p_i over agents and obstacles
+        obstacles = relative[:, :n, n:].reshape(r, n, -1)
         others = relative[:, np.arange(n)[:, None], self._others].reshape(r, n, -1)
         common = np.concatenate([velocities, agents, obstacles, others], axis=2)
         prey_velocity = velocities[:, a:].reshape(r, 1, -1)

@@ -58,7 +58,7 @@ class BatchedTreasure(ParticleWorld):
             accel=np.full(n_agents, ACCEL),
             mass=np.array([1.0] * h + [BANK_MASS] * b),
             max_speed=np.full(n_agents, MAX_SPEED),
-            colliders=np.arange(0),
+            n_colliders=0,
         )
         spec = treasure_spec(n_agents, episode_length, n_banks)
         super().__init__(spec, n_copies, n_agents + t, bodies)
