@@ -112,9 +112,10 @@ class ParticleWorld(ABC):
         """(R, N) float32 rewards of the step just taken by ``rows``."""
 
     @abstractmethod
-    def _observe(self, rows: slice) -> list[np.ndarray]:
-        """Observations of ``rows``: one (R, n_g, d_g) block per run of agents with the same
-        observation size (:func:`observation_groups`), in agent order."""
+    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
+        """Write the observations of ``rows`` into ``blocks``: one float32 (R, n_g, d_g) view per
+        run of agents with the same observation size (:func:`observation_groups`), in agent
+        order. Entries a scenario never writes stay 0."""
 
     # -- contract ------------------------------------------------------------------------------
 
@@ -186,8 +187,7 @@ class ParticleWorld(ABC):
             measure(self.positions[block, :c], self.delta[block], self.distance[block])
 
     def _store_observations(self, block: slice) -> None:
-        for stored, fresh in zip(self._observations, self._observe(block), strict=True):
-            stored[block] = fresh
+        self._observe(block, [stored[block] for stored in self._observations])
 
     def _check_actions(self, actions: np.ndarray, n_rows: int) -> np.ndarray:
         actions = np.asarray(actions)

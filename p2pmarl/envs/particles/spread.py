@@ -34,7 +34,7 @@ class BatchedSpread(ParticleWorld):
         )
         super().__init__(spread_spec(n, episode_length, name), n_copies, 2 * n, bodies)
         self.shared = shared
-        self._others = others_index(n)
+        self._others_flat = (np.arange(n)[:, None] * n + others_index(n)).ravel()
         self._off_diagonal = ~np.eye(n, dtype=bool)
 
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
@@ -55,17 +55,15 @@ class BatchedSpread(ParticleWorld):
             rewards[:, 0] -= coverage
         return rewards.astype(np.float32)
 
-    def _observe(self, rows: slice) -> list[np.ndarray]:
+    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
         n = self.spec.n_agents
         positions = self.positions[rows]
         agents = positions[:, :n]
         r = agents.shape[0]
-        out = np.zeros((r, n, 6 * n), dtype=np.float32)  # the comm block stays 0 (silent agents)
+        out = blocks[0]  # (R, N, 6N); the comm block is never written: 0 (silent agents)
         out[:, :, 0:2] = self.velocities[rows, :n]
         out[:, :, 2:4] = agents
         relative_landmarks = positions[:, None, n:, :] - agents[:, :, None, :]
         out[:, :, 4 : 4 + 2 * n] = relative_landmarks.reshape(r, n, 2 * n)
-        relative = self.delta[rows]  # [r, i, j] = p_j - p_i
-        others = relative[:, np.arange(n)[:, None], self._others]
-        out[:, :, 4 + 2 * n : 2 + 4 * n] = others.reshape(r, n, 2 * (n - 1))
-        return [out]
+        relative = self.delta[rows].reshape(r, n * n, 2)  # [r, i·n + j] = p_j - p_i
+        out[:, :, 4 + 2 * n : 2 + 4 * n] = relative[:, self._others_flat].reshape(r, n, -1)

@@ -63,7 +63,7 @@ class BatchedTag(ParticleWorld):
         rewards[:, a:] = -CATCH_REWARD * caught - boundary_penalty(prey)
         return rewards.astype(np.float32)
 
-    def _observe(self, rows: slice) -> list[np.ndarray]:
+    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
         n, a = self.spec.n_agents, self.n_adversaries
         positions = self.positions[rows]
         agents, velocities = positions[:, :n], self.velocities[rows, :n]
@@ -77,4 +77,5 @@ class BatchedTag(ParticleWorld):
             [common[:, :a], np.broadcast_to(prey_velocity, (r, a, prey_velocity.shape[2]))],
             axis=2,
         )
-        return [adversaries.astype(np.float32), common[:, a:].astype(np.float32)]
+        blocks[0][...] = adversaries
+        blocks[1][...] = common[:, a:]

@@ -175,7 +175,7 @@ class BatchedTreasure(ParticleWorld):
         )
         return rewards.astype(np.float32)
 
-    def _observe(self, rows: slice) -> list[np.ndarray]:
+    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
         """mpe2's ``Scenario.observation`` for all copies and agents (stable distance sorts)."""
         n, b, h = self.spec.n_agents, self.n_banks, self.n_hunters
         positions = self.positions[rows]
@@ -218,4 +218,5 @@ class BatchedTreasure(ParticleWorld):
         banks = np.concatenate(
             [c[:, h:] for c in common] + [others[:, h:], treasures[:, h:]], axis=2
         )
-        return [hunters.astype(np.float32), banks.astype(np.float32)]
+        blocks[0][...] = hunters
+        blocks[1][...] = banks
