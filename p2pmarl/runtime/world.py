@@ -130,7 +130,8 @@ class World:
 
     def run(self, start_iteration: int) -> None:
         started = time.monotonic()
-        self.server.gather("ready", start_iteration, self.config.connect_timeout)
+        # no probes while the agents connect: one not connected yet is not lost (issue 15)
+        self.server.gather("ready", start_iteration, self.config.connect_timeout, probe=False)
         self.events.record(
             {"event": "connected", "seconds": time.monotonic() - started, "unix_time": time.time()}
         )

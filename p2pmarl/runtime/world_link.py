@@ -79,13 +79,20 @@ class WorldServer:
         return True
 
     def gather(
-        self, kind: str, round: int, timeout: float, agents: Iterable[int] | None = None
+        self,
+        kind: str,
+        round: int,
+        timeout: float,
+        agents: Iterable[int] | None = None,
+        probe: bool = True,
     ) -> dict[int, Message]:
         """Wait for one ``kind`` message of ``round`` from each agent, or raise LinkTimeout.
 
         An agent may run ahead (pipelined rollouts): its later messages are held, in order, for
         the next gather instead of being dropped. An agent found lost while waiting (see
         :data:`PROBE_INTERVAL`) is left out: the result then lacks it and it is in :attr:`lost`.
+        ``probe=False`` (the first gather, while the agents connect) sends no probes: an agent
+        that has not connected yet is unreachable without being lost.
         """
         waiting = set(range(self.n_agents) if agents is None else agents) - self.lost
         received: dict[int, Message] = {}
@@ -93,10 +100,11 @@ class WorldServer:
             if self._held.get(agent):
                 self._take(self._held[agent].popleft(), kind, round, waiting, received)
         started = time.monotonic()
-        deadline, next_probe = started + timeout, started + PROBE_INTERVAL
+        deadline = started + timeout
+        next_probe = started + PROBE_INTERVAL if probe else deadline
         while waiting:
             now = time.monotonic()
-            if now >= next_probe:
+            if probe and now >= next_probe:
                 for agent in sorted(waiting):
                     self.send(agent, PING, round, {})
                 waiting -= self.lost
