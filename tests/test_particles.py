@@ -192,3 +192,36 @@ def test_observation_groups_are_runs_of_equal_sizes():
     assert observation_groups((86, 86, 84, 84)) == [(0, 2), (2, 4)]
     assert observation_groups((18,) * 3) == [(0, 3)]
     assert observation_groups((16, 16, 16, 14)) == [(0, 3), (3, 4)]
+
+
+def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
+    """Found at 128 agents: probing during the connect gather marked agents not connected yet
+    as lost. With ``probe=False`` a late agent is gathered; with probes it is lost."""
+    import threading
+    import time
+
+    import zmq
+
+    from p2pmarl.runtime.world_link import PROBE_INTERVAL, WorldClient, WorldServer
+
+    def late_ready(endpoint: str, context: zmq.Context) -> None:
+        time.sleep(PROBE_INTERVAL * 2)
+        client = WorldClient(endpoint, 0, context)
+        client.send("ready", 0, {})
+        time.sleep(0.5)
+        client._socket.close(linger=0)
+
+    for probe in (False, True):
+        context = zmq.Context()
+        endpoint = f"ipc://{tmp_path}/world-{probe}.sock"
+        server = WorldServer(endpoint, 1, context)
+        thread = threading.Thread(target=late_ready, args=(endpoint, context))
+        thread.start()
+        try:
+            received = server.gather("ready", 0, 5.0, probe=probe)
+        finally:
+            thread.join()
+            server.close()
+            context.destroy(linger=0)
+        assert (0 in received) == (not probe)
+        assert (0 in server.lost) == probe
