@@ -41,6 +41,8 @@ _FLAG_HELP = {
     "phase_timeout": "seconds the world waits for agents to finish learning",
     "faults": "fault spec file of injected link failures (docs/faults.md)",
     "drop": "probability that any peer message is lost (replaces the spec's drop)",
+    "admm_retransmissions": "re-sends of an unanswered ADMM message before the activation is "
+    "aborted (adaptive waits; 0: fixed --admm-message-timeout waits)",
 }
 
 

@@ -78,6 +78,11 @@ class RunConfig:
     """Fault spec file (YAML/JSON) of injected link failures, see docs/faults.md (None: none)."""
     drop: float | None = None
     """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
+    # issue 14: reliable peer exchanges over lossy links
+    admm_retransmissions: int = 10
+    """Retransmissions of an unanswered ADMM message before its activation is aborted; waits follow
+    a per-(neighbour, kind) RFC 6298 estimate with ``admm_message_timeout`` as the upper clamp
+    (0: the fixed protocol, every wait lasts ``admm_message_timeout``, nothing is re-sent)."""
 
     @property
     def rollout_length(self) -> int:
@@ -119,6 +124,11 @@ class RunConfig:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
         if self.drop is not None and not 0 <= self.drop < 1:
             raise ConfigError(f"drop must be a probability in [0, 1), got {self.drop}")
+        if self.admm_retransmissions < 0:
+            raise ConfigError(
+                f"admm_retransmissions must be ≥ 0 (0: no retransmission), got "
+                f"{self.admm_retransmissions}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:
