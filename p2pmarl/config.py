@@ -79,7 +79,7 @@ class RunConfig:
     drop: float | None = None
     """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
     # issue 14: reliable peer exchanges over lossy links
-    admm_retransmissions: int = 10
+    admm_retransmissions: int = 6
     """Retransmissions of an unanswered ADMM message before its activation is aborted; waits follow
     a per-(neighbour, kind) RFC 6298 estimate with ``admm_message_timeout`` as the upper clamp
     (0: the fixed protocol, every wait lasts ``admm_message_timeout``, nothing is re-sent)."""

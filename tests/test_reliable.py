@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from p2pmarl.algos.admm import ADMMConfig
+from p2pmarl.inspection.data import down_intervals, down_seconds
+from p2pmarl.runtime.faults import FaultSpec, FaultyTransport, LinkDown, Window
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.reliable import (
     RELIABLE_FIELDS,
@@ -20,6 +22,7 @@ from p2pmarl.runtime.reliable import (
     RetransmissionTimer,
     RetransmitPolicy,
 )
+from p2pmarl.runtime.rundir import read_jsonl
 from p2pmarl.runtime.transport import MemoryHub, MemoryTransport
 from tests.test_admm import (
     AgentRun,
@@ -291,3 +294,37 @@ def test_a_split_commit_costs_only_its_own_activation_in_seeded_mode() -> None:
     assert runs[1].stats["admm/resynchronisations"] == 1
     assert_edges_consistent(runs, [(0, 1)])
     assert runs[0].phase.states[(0, 1)].version == 5
+
+
+# -- link-down seconds (p2pmarl inspect) ----------------------------------------------------
+
+
+def test_down_windows_and_lost_peers_are_logged_and_measured(tmp_path) -> None:
+
+    hub = MemoryHub()
+    started = time.time()
+    spec = FaultSpec(seed=0, down=(LinkDown((0, 1), Window(from_seconds=0.3, to_seconds=0.8)),))
+    ends = [FaultyTransport(hub.transport(a, [1 - a]), spec, tmp_path / f"{a}.jsonl", started)
+            for a in (0, 1)]
+    while time.time() - started < 1.1:  # both agents talk every 20 ms
+        for end in ends:
+            end.send(1 - end.agent_id, "admm_ready", 0, {})
+            end.receive(0.02)
+    hub.down.add(1)  # agent 1 "crashes": agent 0's socket layer loses it
+    ends[0].peers_down()
+    time.sleep(0.4)
+    for end in ends:
+        end.close()
+    events = read_jsonl(tmp_path / "0.jsonl") + read_jsonl(tmp_path / "1.jsonl")
+    links = [e for e in events if e["event"] in ("link_down", "link_up")]
+    assert {(e["agent"], e["event"], e["reason"]) for e in links} >= {
+        (0, "link_down", "down"), (0, "link_up", "down"), (1, "link_down", "down"),
+        (0, "link_down", "peer_lost"), (0, "link_up", "peer_lost")}
+    spans = down_intervals(events, (0, 1))
+    assert len(spans) == 2
+    (first_start, first_end), (second_start, second_end) = spans
+    assert first_start - started == pytest.approx(0.3, abs=0.1)
+    assert first_end - first_start == pytest.approx(0.5, abs=0.1)
+    assert second_end - second_start == pytest.approx(0.4, abs=0.15)  # the lost peer
+    assert down_seconds(events, (0, 1)) == pytest.approx(0.9, abs=0.2)
+    assert down_seconds(events, (1, 2)) == 0.0

@@ -164,7 +164,7 @@ class ADMMConfig:
     per-(neighbour, kind) RFC 6298 estimate, clamped to [min_timeout, message_timeout]."""
     initial_timeout: float = 0.25
     """Retransmitting: the wait (s) before the first answer time of a (neighbour, kind) is known."""
-    min_timeout: float = 0.1
+    min_timeout: float = 0.03
     """Retransmitting: lower clamp (s) of every estimated wait."""
 
     def __post_init__(self) -> None:
@@ -392,6 +392,8 @@ class _Activation:
     """The estimated wait for the partner's exchange when ours was first sent."""
     recomputed: bool = False
     """The θ step was redone after a roll-back (the partner had missed our last commit)."""
+    exchange: Pending | None = None
+    """Our exchange message of this activation (retransmitting: re-sent on closing the edge)."""
 
 
 class ADMMPhase:
@@ -458,6 +460,7 @@ class ADMMPhase:
         peers.use_policy(self.policy)
         self._reliable = config.retransmissions > 0
         self._settled: set[int] = set()
+        self._last_exchange: dict[Edge, Pending | None] = {}
         """Partners whose DONE arrived (or whose link is lost): nothing more to answer them."""
 
     @property
@@ -628,7 +631,7 @@ class ADMMPhase:
             self._abort(act, "fingerprint_mismatch")
         elif answer.kind == BUSY:
             self._counts["busy_answers"] += 1
-            pause = float(self._rng.uniform(0.0, self.config.backoff))
+            pause = float(self._rng.uniform(0.0, self._busy_backoff()))
             self._busy_until[edge] = time.monotonic() + pause
         else:
             partner_version = _int_field(answer.body, "version")
@@ -638,6 +641,14 @@ class ADMMPhase:
                 act.version = state.version
                 self._activate(act)
         self._after_activation()
+
+    def _busy_backoff(self) -> float:
+        """Upper bound of the pause after a BUSY answer: ``backoff``, and when retransmitting at
+        least the smallest timeout (a partner that is busy stays so for about an exchange; faster
+        proposals only load the host and the link)."""
+        if not self._reliable:
+            return self.config.backoff
+        return max(self.config.backoff, self.policy.min_timeout)
 
     def _respond(self, act: _Activation, request: PeerMessage, partner_version: int) -> None:
         state = self.states[act.edge]
@@ -728,6 +739,7 @@ class ADMMPhase:
             dual=state.dual,
         )
         act.timeout_seconds = pending.timer.rto
+        act.exchange = pending
         return pending
 
     def _finish(self, act: _Activation, log_ratio: np.ndarray, message: PeerMessage) -> None:
@@ -752,6 +764,7 @@ class ADMMPhase:
         self.solver.accept()
         self._failures[act.edge] = 0
         self._last_step[act.edge] = step
+        self._last_exchange[act.edge] = act.exchange
         self._emit(act, "committed", "", step)
         self._close_if_finished(act.edge, step)
 
@@ -901,7 +914,8 @@ class ADMMPhase:
                 elif ahead:
                     return None, "partner_ahead"
                 elif self._reliable and self.peers.heard_since(partner, pending.alive_since):
-                    pending.extend()  # alive and behind (seeded: still on an earlier activation)
+                    self.peers.extend(pending)  # alive and behind (seeded: on an earlier one)
+                    act.retransmissions += 1
                 else:
                     return None, "timeout"
             wait = min(pending.remaining(), self._deadline - time.monotonic())
@@ -957,9 +971,16 @@ class ADMMPhase:
                 self._close(edge, "peer_down")
 
     def _close(self, edge: Edge, reason: str, notify: bool = True) -> None:
+        """Close ``edge``; with ``notify`` tell the partner (DONE). Retransmitting, our exchange
+        of the edge's last committed activation goes out once more first: a partner that missed
+        it gets it before the DONE (same link, in order) and commits too."""
         self.closed[edge] = reason
-        if notify:
-            self._send(self.states[edge].partner, DONE)
+        if not notify:
+            return
+        last = self._last_exchange.pop(edge, None)
+        if self._reliable and last is not None:
+            self._sums["bytes_sent"] += self.peers.echo(last)
+        self._send(self.states[edge].partner, DONE)
 
     def _past_deadline(self) -> bool:
         return time.monotonic() >= self._deadline

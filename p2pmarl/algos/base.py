@@ -88,6 +88,12 @@ class Peers(Protocol):
     def resend(self, pending: Pending) -> int:
         """Re-send ``pending`` after its timeout passed (backs its estimator off)."""
 
+    def extend(self, pending: Pending) -> int:
+        """Retransmissions used up but the neighbour is alive: one more wait and copy."""
+
+    def echo(self, pending: Pending) -> int:
+        """One more copy of ``pending`` that is never answered (e.g. before leaving)."""
+
     def forget(self, neighbour: int, key: Iterable[int]) -> None:
         """Drop the stored answers of an exchange given up."""
 

@@ -99,6 +99,21 @@ class PeerLink:
     def resend(self, pending: Pending) -> int:
         """The wait for ``pending``'s answer ran out: back its timer off and send it again."""
         pending.timed_out()
+        return self._send_copy(pending)
+
+    def extend(self, pending: Pending) -> int:
+        """Retransmissions are used up but the neighbour is alive: wait once more, another copy
+        out (it answers from its store, or says it gave the exchange up)."""
+        pending.extend()
+        return self._send_copy(pending)
+
+    def echo(self, pending: Pending) -> int:
+        """One more copy of ``pending``, marked as an echo (it is never answered): for a
+        neighbour that may have missed it while this agent is about to stop waiting."""
+        self.reliability["echoes"] += 1
+        return self.send(pending.neighbour, pending.kind, {**pending.body, "echo": 1})
+
+    def _send_copy(self, pending: Pending) -> int:
         self.reliability["retransmissions"] += 1
         body = {**pending.body, "attempt": pending.attempts}
         return self.send(pending.neighbour, pending.kind, body)
@@ -112,8 +127,11 @@ class PeerLink:
         return self.send(request.sender, kind, full)
 
     def forget(self, neighbour: int, key: Iterable[int]) -> None:
-        """Drop the stored answers of an exchange this agent gave up on."""
-        self.answers.forget(neighbour, tuple(int(k) for k in key))
+        """Drop the stored answers of an exchange this agent gave up on; later copies of the
+        neighbour's messages in it are delivered again, so the algorithm can refuse them."""
+        key = tuple(int(k) for k in key)
+        self.answers.forget(neighbour, key)
+        self._delivered = {d for d in self._delivered if d[0] != neighbour or d[3] != key}
 
     def heard_since(self, neighbour: int, since: float) -> bool:
         """Whether any frame of ``neighbour`` (a heartbeat, a duplicate...) arrived after the
@@ -147,7 +165,7 @@ class PeerLink:
                 if not pending.last_attempt:
                     self.resend(pending)
                 elif self.heard_since(neighbour, pending.alive_since):
-                    pending.extend()
+                    self.extend(pending)
                 else:
                     self.reliability["given_up"] += 1
                     self.forget(neighbour, pending.key)

@@ -53,11 +53,11 @@ class RetransmitPolicy:
     initial_timeout: float = 0.25
     """RTO (s) before the first sample of a (neighbour, kind) pair (RFC 6298 (2.1) says 1 s for
     the internet; here a premature copy costs one message)."""
-    min_timeout: float = 0.1
+    min_timeout: float = 0.03
     """Lower clamp (s) of the RTO: below it, scheduling noise of a busy host looks like loss."""
     max_timeout: float = 30.0
     """Upper clamp (s) of the RTO, also of every backed-off value (``--admm-message-timeout``)."""
-    max_retransmissions: int = 10
+    max_retransmissions: int = 6
     """Retransmissions of one message before the exchange is given up (0: wait one RTO, once)."""
     linear_retransmissions: int = 4
     """Retransmissions sent at the un-doubled RTO before the waits of an exchange start doubling
@@ -231,9 +231,11 @@ class Pending:
         self.due = time.monotonic() + self.wait
 
     def extend(self) -> None:
-        """The last wait ran out but the neighbour is alive (it was heard during the wait): it is
-        behind, not gone, so wait once more instead of giving up."""
+        """The last wait ran out but the neighbour is alive (heard from lately): it is behind,
+        not gone, so wait once more instead of giving up (the caller sends another copy, so
+        that a neighbour that gave the exchange up can say so)."""
         self.extensions += 1
+        self.attempts += 1
         self.due = time.monotonic() + self.wait
 
     def answered(self) -> float:
