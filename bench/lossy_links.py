@@ -39,6 +39,8 @@ except ModuleNotFoundError:  # run as ``python bench/NAME.py``: bench/ is on sys
     from fault_sweep import activation_outcomes, phase_disagreements, run_one
 
 DROPS = (0.0, 0.1, 0.3, 0.5)
+DEFAULT_RETRANSMISSIONS = 6
+"""``RunConfig.admm_retransmissions``'s default, compared with 0 (the fixed protocol)."""
 TIMEOUT_REASONS = frozenset({"timeout", "partner_ahead", "partner_silent", "phase_timeout"})
 """Abort reasons that, without any injected loss, can only mean a wait ended too early."""
 
@@ -48,6 +50,15 @@ def _rows(run_dir: Path, n_agents: int) -> list[dict[str, Any]]:
 
     run = RunDir(run_dir)
     return [row for agent in range(n_agents) for row in read_jsonl(run.agent_admm(agent))]
+
+
+def _retransmissions(run_dir: Path, n_agents: int) -> int:
+    """Copies re-sent by the ADMM phases of the whole run (``admm/retransmissions``)."""
+    from p2pmarl.runtime.rundir import RunDir, read_jsonl
+
+    run = RunDir(run_dir)
+    rows = [m for agent in range(n_agents) for m in read_jsonl(run.agent_metrics(agent))]
+    return int(sum(m.get("admm/retransmissions") or 0 for m in rows))
 
 
 def _launch(config: Any) -> tuple[Any, float]:
@@ -74,7 +85,7 @@ def issue_run(drop: float, seed: int, out: Path) -> dict[str, Any]:
         "drop": drop, "seed": seed, "status": result.summary.get("status"),
         "wall_seconds": round(wall, 2), **outcomes,
         "committed_per_attempted": outcomes["committed"] / attempted if attempted else None,
-        "retransmissions": sum(int(r.get("retransmissions") or 0) for r in rows),
+        "retransmissions": _retransmissions(result.run_dir, 6),
         "recomputed": sum(bool(r.get("recomputed")) for r in rows),
         "drops_injected": (result.summary.get("faults") or {}).get("drop", 0),
         "run_dir": str(result.run_dir), "failure": launch_failure(result),
@@ -101,7 +112,7 @@ def false_timeout_run(name: str, schedule: str, seed: int, args: argparse.Namesp
         **activation_outcomes(rows),
         "false_timeouts": sum(n for reason, n in aborted.items() if reason in TIMEOUT_REASONS),
         "aborted_by_reason": dict(aborted),
-        "retransmissions": sum(int(r.get("retransmissions") or 0) for r in rows),
+        "retransmissions": _retransmissions(result.run_dir, n_agents),
         "run_dir": str(result.run_dir), "failure": launch_failure(result),
     }
 
@@ -137,7 +148,7 @@ def summarise(result: dict[str, Any]) -> dict[str, Any]:
             "all_completed": all(r["status"] == "completed" for r in group),
         }
     disagreement = {}
-    for setting in (10, 0):
+    for setting in (DEFAULT_RETRANSMISSIONS, 0):
         for drop in DROPS:
             group = [r for r in result["disagreement"]
                      if r["drop"] == drop and r["retransmissions_setting"] == setting]
@@ -177,7 +188,9 @@ def main() -> int:
     if "disagreement" in args.parts:
         result["disagreement"] = [disagreement_run(drop, seed, setting, args)
                                   for seed in args.seeds for drop in DROPS
-                                  for setting in ((10, 0) if seed == args.seeds[0] else (10,))]
+                                  for setting in ((DEFAULT_RETRANSMISSIONS, 0)
+                                                  if seed == args.seeds[0]
+                                                  else (DEFAULT_RETRANSMISSIONS,))]
     runs = result["issue"] + result["false_timeouts"] + result["disagreement"]
     failures = [r["run_dir"] for r in runs if r["status"] != "completed"]
     return emit("lossy_links", {

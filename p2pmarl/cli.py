@@ -32,7 +32,7 @@ _FLAG_HELP = {
     "linearized_log_ratio": "exchange J·(θ−θ_old) instead of the true log ratio",
     "theta_step": "MATRPO θ step: kkt (exact trust-region minimizer) or boundary (eq. 22)",
     "initial_dual": "initial ADMM dual value",
-    "admm_message_timeout": "seconds to wait for a neighbour's ADMM message",
+    "admm_message_timeout": "longest wait (s) for a neighbour's ADMM message (estimate's clamp)",
     "fisher_subsample": "use every k-th sample in Fisher-vector products",
     "advantage_normalization": "own (standardize by own statistics), center (own mean) or none",
     "episode_end": "timeout (bootstrap V at the episode length) or terminal",

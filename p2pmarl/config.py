@@ -64,7 +64,8 @@ class RunConfig:
     episode_end: str = "timeout"
     """``timeout`` (GAE bootstraps with V where an episode hits its length) or ``terminal``."""
     admm_message_timeout: float = 30.0
-    """Seconds an agent waits for one neighbour's ADMM message before aborting the activation."""
+    """Upper clamp (s) of the estimated wait for a neighbour's ADMM message (with
+    ``admm_retransmissions`` 0: the one fixed wait before the activation is aborted)."""
     fisher_subsample: int = 5
     """Trust-region steps use every k-th sample in Fisher-vector products (1 = all; 5 as in OpenAI
     baselines' TRPO): conjugate gradient dominates the cost and memory of every θ step."""

@@ -4,10 +4,14 @@ lose, duplicate, reorder and delay messages (both endpoints' states compared).""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +332,43 @@ def test_down_windows_and_lost_peers_are_logged_and_measured(tmp_path) -> None:
     assert second_end - second_start == pytest.approx(0.4, abs=0.15)  # the lost peer
     assert down_seconds(events, (0, 1)) == pytest.approx(0.9, abs=0.2)
     assert down_seconds(events, (1, 2)) == 0.0
+
+
+# -- the run of issue 14, for real --------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_issue_run_ring6_30_percent_drop_and_a_crash_completes_quickly(
+    tmp_path: Path, no_leaked_processes: Path
+) -> None:
+    """ring6 MATRPO, 30 % drop, agent 4 killed at iteration 1, every other setting default.
+    Before retransmission this ran into the 900 s phase timeout; now it takes seconds."""
+    spec = tmp_path / "faults.yaml"
+    spec.write_text("drop: 0.3\ncrash:\n  - {agent: 4, at_iteration: 1}\n")
+    args = [
+        "--topology", str(REPO / "topologies/ring6.yaml"), "--algo", "matrpo",
+        "--admm-iterations", "40", "--iterations", "3", "--steps-per-iteration", "300",
+        "--faults", str(spec), "--no-progress", "--json", "--out", str(no_leaked_processes),
+    ]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "p2pmarl", "launch", *args],
+                            capture_output=True, text=True, timeout=400, cwd=REPO)
+    wall = time.monotonic() - started
+    assert result.returncode == 0, result.stderr[-3000:] + result.stdout[-2000:]
+    summary = json.loads(result.stdout)
+    assert summary["status"] == "completed" and summary["crashed_agents"] == [4]
+    assert summary["faults"]["by_reason"].get("random", 0) > 50
+    assert wall < 240, f"took {wall:.0f} s (a lost message must not cost a 30 s timeout)"
+    rows = [r for agent in range(6)
+            for r in read_jsonl(Path(summary["run_dir"]) / f"agents/agent-{agent}/admm.jsonl")]
+    outcomes: dict[tuple[int, int, int], set[str]] = {}
+    for r in rows:
+        key = (r["iteration"], tuple(r["edge"]), r["activation"])
+        outcomes.setdefault(key, set()).add(r["status"])
+    both = sum(s == {"committed"} for s in outcomes.values())
+    assert both >= 0.6 * len(outcomes), (both, len(outcomes))
+    metrics = [m for agent in range(6) for m in read_jsonl(
+        Path(summary["run_dir"]) / f"agents/agent-{agent}/metrics.jsonl") if "iteration" in m]
+    assert sum(m["admm/retransmissions"] for m in metrics) > 0
+    assert all(m["peers/timeouts"] for m in metrics)  # the estimates are recorded

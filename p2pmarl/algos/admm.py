@@ -39,22 +39,40 @@ sequence ends; or when the edge's residuals are all at or below ``residual_toler
 both ends compute identical residuals, so they agree); or the partner sent DONE on it; or
 ``max_failures`` consecutive activations on it were aborted (async: or that many READY probes
 went unanswered); or ``phase_timeout`` passed since the phase began. Closing an edge for any reason
-but the partner's DONE sends DONE to the partner. Every wait lasts at most ``message_timeout``.
+but the partner's DONE sends DONE to the partner. Without retransmission every wait lasts at most
+``message_timeout``.
+
+**Retransmission rule** (``retransmissions`` > 0, the run default; the general piece is
+``runtime/reliable.py`` through the peers, see ``docs/faults.md``). PROPOSE and EXCHANGE are sent
+as reliable messages keyed by (activation[, version]); ACCEPT and BUSY are stored answers to the
+PROPOSE, each EXCHANGE is the stored answer to the partner's EXCHANGE of the same key, so a copy
+that arrives twice is applied once and a retransmission is answered from the store, even after
+the answering side committed and moved on. A wait ends at the per-(neighbour, kind) estimated
+timeout and re-sends; after ``retransmissions`` copies the activation is aborted, unless the
+partner was heard from lately (alive and behind: seeded lag, a long θ step), when it waits and
+re-sends once more. An exchange of an activation this agent is not in (it gave it up) is answered
+BUSY, so the other end aborts at once instead of retransmitting. On closing an edge after a
+commit an agent re-sends that last exchange before its DONE, and at the end of its phase it stays
+for a few exchange timeouts (or until every partner's DONE came) to answer late retransmissions.
 
 **Re-synchronisation rule.** One side may commit an activation whose last exchange message the
 other side never got, so the two ends can differ by one committed activation. Each state carries a
 ``version`` (committed activations) and a snapshot of its previous (z, y, version). PROPOSE/ACCEPT
 (async) and EXCHANGE (both schedules) carry the sender's version; on a difference, the side that is
 ahead rolls back to its snapshot, which is exactly the other side's state, so both continue from
-the same consistent state. In async mode this happens in the handshake, before the θ step; in
-seeded mode the activation that detects it is aborted at both ends. (θ^q is recomputed from θ_old
-at every θ step, so rolling back (z, y) is enough.)
+the same consistent state. In async mode this happens in the handshake, before the θ step. In
+seeded mode it shows in the exchange: without retransmission the activation that detects it is
+aborted at both ends; with it, the side that is ahead rolls back, redoes its θ step and sends its
+exchange again (a new key) while the side that is behind waits for that copy, so a lost message
+costs at most the activation it belonged to. (θ^q is recomputed from θ_old at every θ step, so
+rolling back (z, y) is enough.)
 
 Messages (``MESSAGE_KINDS``), all stamped with the batch ``fingerprint``; an activation message
 whose fingerprint differs from ours aborts that activation and is recorded (ℓ of two batches are
 never combined): ``admm_exchange`` {activation, version, fingerprint, log_ratio, dual};
 ``admm_propose``/``admm_accept`` {activation, version, fingerprint}; ``admm_busy`` {activation,
-fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint}.
+fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint}; retransmitting,
+PROPOSE, ACCEPT, BUSY and EXCHANGE also carry the reliability fields {exchange, attempt, echo}.
 """
 
 from __future__ import annotations
@@ -90,13 +108,11 @@ EXCHANGE_FIELDS = frozenset({"activation", "version", "fingerprint", "log_ratio"
 """The whole content of an exchange message: ids, version, fingerprint, ℓ^q and y_e^q. When
 retransmitting, every message also carries the reliability layer's exchange id and copy counters
 (``runtime/reliable.RELIABLE_FIELDS``)."""
-NONDETERMINISTIC_FIELDS = frozenset(
-    {"compute_seconds", "communication_seconds", "bytes_sent", "retransmissions",
-     "timeout_seconds"}
-)
-"""Record fields that differ between identical seeded runs (timings, and what depends on them:
-retransmissions, estimated timeouts; wire sizes vary with the transport's header sequence
-numbers, which heartbeats advance)."""
+NONDETERMINISTIC_FIELDS = frozenset({"compute_seconds", "communication_seconds", "bytes_sent"})
+"""Record fields that differ between identical seeded runs (timings; wire sizes vary with the
+transport's header sequence numbers, which heartbeats advance). Retransmissions and estimated
+timeouts, which depend on timing too, are therefore in the metrics (``admm/retransmissions``,
+``peers/timeouts``), not in the activation records."""
 POLL_SECONDS = 1e-4
 """Receive timeout used to look for already queued messages without blocking."""
 IDLE_WAIT_SECONDS = 0.05
@@ -1014,8 +1030,6 @@ class ADMMPhase:
             "compute_seconds": act.compute_seconds,
             "communication_seconds": wall - act.compute_seconds,
             "bytes_sent": act.bytes_sent,
-            "retransmissions": act.retransmissions,
-            "timeout_seconds": act.timeout_seconds,
             "recomputed": act.recomputed,
         }
         entry.update(act.solver_stats)
