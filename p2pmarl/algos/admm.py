@@ -647,7 +647,7 @@ class ADMMPhase:
             self._abort(act, "fingerprint_mismatch")
         elif answer.kind == BUSY:
             self._counts["busy_answers"] += 1
-            pause = float(self._rng.uniform(0.0, self._busy_backoff()))
+            pause = float(self._rng.uniform(0.0, self.config.backoff))
             self._busy_until[edge] = time.monotonic() + pause
         else:
             partner_version = _int_field(answer.body, "version")
@@ -657,14 +657,6 @@ class ADMMPhase:
                 act.version = state.version
                 self._activate(act)
         self._after_activation()
-
-    def _busy_backoff(self) -> float:
-        """Upper bound of the pause after a BUSY answer: ``backoff``, and when retransmitting at
-        least the smallest timeout (a partner that is busy stays so for about an exchange; faster
-        proposals only load the host and the link)."""
-        if not self._reliable:
-            return self.config.backoff
-        return max(self.config.backoff, self.policy.min_timeout)
 
     def _respond(self, act: _Activation, request: PeerMessage, partner_version: int) -> None:
         state = self.states[act.edge]
