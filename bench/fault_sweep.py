@@ -118,7 +118,10 @@ def activation_outcomes(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 # -- one run ----------------------------------------------------------------------------------
 
 
-def run_one(name: str, drop: float, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(
+    name: str, drop: float, seed: int, args: argparse.Namespace, **overrides: Any
+) -> dict[str, Any]:
+    """One launch and its numbers; ``overrides`` are further RunConfig fields."""
     from p2pmarl.config import RunConfig
     from p2pmarl.runtime.launcher import launch
     from p2pmarl.runtime.rundir import RunDir, read_jsonl
@@ -130,7 +133,7 @@ def run_one(name: str, drop: float, seed: int, args: argparse.Namespace) -> dict
         steps_per_iteration=args.steps, n_envs=args.n_envs, episode_length=args.episode_length,
         seed=seed, out=str(args.out / "runs"), admm_iterations=args.activations,
         admm_schedule="seeded", admm_message_timeout=args.message_timeout, drop=drop,
-        phase_timeout=args.phase_timeout,
+        phase_timeout=args.phase_timeout, **overrides,
     ).validate()
     started = time.monotonic()
     result = launch(config, show_progress=False)

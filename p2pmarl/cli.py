@@ -32,7 +32,7 @@ _FLAG_HELP = {
     "linearized_log_ratio": "exchange J·(θ−θ_old) instead of the true log ratio",
     "theta_step": "MATRPO θ step: kkt (exact trust-region minimizer) or boundary (eq. 22)",
     "initial_dual": "initial ADMM dual value",
-    "admm_message_timeout": "seconds to wait for a neighbour's ADMM message",
+    "admm_message_timeout": "longest wait (s) for a neighbour's ADMM message (estimate's clamp)",
     "fisher_subsample": "use every k-th sample in Fisher-vector products",
     "advantage_normalization": "own (standardize by own statistics), center (own mean) or none",
     "episode_end": "timeout (bootstrap V at the episode length) or terminal",
@@ -42,6 +42,8 @@ _FLAG_HELP = {
     "faults": "fault spec file of injected link failures (docs/faults.md)",
     "drop": "probability that any peer message is lost (replaces the spec's drop)",
     "env_backend": "batched (numpy over all copies) or mpe2 (the reference, copy by copy)",
+    "admm_retransmissions": "re-sends of an unanswered ADMM message before the activation is "
+    "aborted (adaptive waits; 0: fixed --admm-message-timeout waits)",
 }
 
 

@@ -64,7 +64,8 @@ class RunConfig:
     episode_end: str = "timeout"
     """``timeout`` (GAE bootstraps with V where an episode hits its length) or ``terminal``."""
     admm_message_timeout: float = 30.0
-    """Seconds an agent waits for one neighbour's ADMM message before aborting the activation."""
+    """Upper clamp (s) of the estimated wait for a neighbour's ADMM message (with
+    ``admm_retransmissions`` 0: the one fixed wait before the activation is aborted)."""
     fisher_subsample: int = 5
     """Trust-region steps use every k-th sample in Fisher-vector products (1 = all; 5 as in OpenAI
     baselines' TRPO): conjugate gradient dominates the cost and memory of every θ step."""
@@ -83,6 +84,11 @@ class RunConfig:
     """How the world steps its K copies: ``batched`` (numpy arrays over all copies,
     p2pmarl/envs/particles, for spread, spread-shared, treasure and tag; other environments
     step copy by copy) or ``mpe2`` (K mpe2 envs, the reference it matches step for step)."""
+    # issue 14: reliable peer exchanges over lossy links
+    admm_retransmissions: int = 6
+    """Retransmissions of an unanswered ADMM message before its activation is aborted; waits follow
+    a per-(neighbour, kind) RFC 6298 estimate with ``admm_message_timeout`` as the upper clamp
+    (0: the fixed protocol, every wait lasts ``admm_message_timeout``, nothing is re-sent)."""
 
     @property
     def rollout_length(self) -> int:
@@ -128,6 +134,12 @@ class RunConfig:
         if self.env_backend not in ENV_BACKENDS:
             raise ConfigError(
                 f"env_backend must be one of {', '.join(ENV_BACKENDS)}, got {self.env_backend!r}"
+            )
+        # issue 14
+        if self.admm_retransmissions < 0:
+            raise ConfigError(
+                f"admm_retransmissions must be ≥ 0 (0: no retransmission), got "
+                f"{self.admm_retransmissions}"
             )
         return self
 

@@ -20,12 +20,13 @@ from p2pmarl.envs import env_spec
 from p2pmarl.runtime import transport, world_link
 from p2pmarl.runtime.codec import WORLD, encode
 from p2pmarl.runtime.launcher import launch
+from p2pmarl.runtime.reliable import RELIABLE_FIELDS
 from p2pmarl.topology import load_topology
 
 REPO = Path(__file__).resolve().parents[1]
 K = 4
 CONTROL = {"hello", "heartbeat"}
-ADMM_CONTROL_FIELDS = {"activation", "version", "fingerprint", "reply"}
+ADMM_CONTROL_FIELDS = {"activation", "version", "fingerprint", "reply"} | RELIABLE_FIELDS
 WORLD_TO_AGENT = {"t", "group", "last", "obs", "reward", "done", "joint_action"}
 AGENT_TO_WORLD = {("ready", ()), ("act", ("actions", "group", "t"))}
 
@@ -67,7 +68,7 @@ def test_only_allowed_content_crosses_each_wire(algo, tmp_path, monkeypatch, no_
     for row in rows:
         sender, receiver = row["sender"], row["receiver"]
         if sender == WORLD:
-            assert row["kind"] in {"step", "stop"}
+            assert row["kind"] in {"step", "stop", "ping"}  # ping: liveness probe, empty body
             assert set(row["keys"]) <= WORLD_TO_AGENT
             if "reward" in row["shapes"]:
                 rows = row["shapes"]["done"][0]  # copies in this pipeline group
@@ -83,7 +84,7 @@ def test_only_allowed_content_crosses_each_wire(algo, tmp_path, monkeypatch, no_
             assert row["kind"] in peer_kinds, row
             if row["kind"] == "admm_exchange":
                 exchanges += 1
-                assert set(row["keys"]) == EXCHANGE_FIELDS
+                assert set(row["keys"]) - RELIABLE_FIELDS == EXCHANGE_FIELDS
                 assert row["shapes"]["log_ratio"] == [4, 2 * K * 4]  # N × M
             elif row["kind"] not in CONTROL:
                 assert set(row["keys"]) <= ADMM_CONTROL_FIELDS, row

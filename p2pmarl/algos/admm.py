@@ -39,22 +39,40 @@ sequence ends; or when the edge's residuals are all at or below ``residual_toler
 both ends compute identical residuals, so they agree); or the partner sent DONE on it; or
 ``max_failures`` consecutive activations on it were aborted (async: or that many READY probes
 went unanswered); or ``phase_timeout`` passed since the phase began. Closing an edge for any reason
-but the partner's DONE sends DONE to the partner. Every wait lasts at most ``message_timeout``.
+but the partner's DONE sends DONE to the partner. Without retransmission every wait lasts at most
+``message_timeout``.
+
+**Retransmission rule** (``retransmissions`` > 0, the run default; the general piece is
+``runtime/reliable.py`` through the peers, see ``docs/faults.md``). PROPOSE and EXCHANGE are sent
+as reliable messages keyed by (activation[, version]); ACCEPT and BUSY are stored answers to the
+PROPOSE, each EXCHANGE is the stored answer to the partner's EXCHANGE of the same key, so a copy
+that arrives twice is applied once and a retransmission is answered from the store, even after
+the answering side committed and moved on. A wait ends at the per-(neighbour, kind) estimated
+timeout and re-sends; after ``retransmissions`` copies the activation is aborted, unless the
+partner was heard from lately (alive and behind: seeded lag, a long θ step), when it waits and
+re-sends once more. An exchange of an activation this agent is not in (it gave it up) is answered
+BUSY, so the other end aborts at once instead of retransmitting. On closing an edge after a
+commit an agent re-sends that last exchange before its DONE, and at the end of its phase it stays
+for a few exchange timeouts (or until every partner's DONE came) to answer late retransmissions.
 
 **Re-synchronisation rule.** One side may commit an activation whose last exchange message the
 other side never got, so the two ends can differ by one committed activation. Each state carries a
 ``version`` (committed activations) and a snapshot of its previous (z, y, version). PROPOSE/ACCEPT
 (async) and EXCHANGE (both schedules) carry the sender's version; on a difference, the side that is
 ahead rolls back to its snapshot, which is exactly the other side's state, so both continue from
-the same consistent state. In async mode this happens in the handshake, before the θ step; in
-seeded mode the activation that detects it is aborted at both ends. (θ^q is recomputed from θ_old
-at every θ step, so rolling back (z, y) is enough.)
+the same consistent state. In async mode this happens in the handshake, before the θ step. In
+seeded mode it shows in the exchange: without retransmission the activation that detects it is
+aborted at both ends; with it, the side that is ahead rolls back, redoes its θ step and sends its
+exchange again (a new key) while the side that is behind waits for that copy, so a lost message
+costs at most the activation it belonged to. (θ^q is recomputed from θ_old at every θ step, so
+rolling back (z, y) is enough.)
 
 Messages (``MESSAGE_KINDS``), all stamped with the batch ``fingerprint``; an activation message
 whose fingerprint differs from ours aborts that activation and is recorded (ℓ of two batches are
 never combined): ``admm_exchange`` {activation, version, fingerprint, log_ratio, dual};
 ``admm_propose``/``admm_accept`` {activation, version, fingerprint}; ``admm_busy`` {activation,
-fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint}.
+fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint}; retransmitting,
+PROPOSE, ACCEPT, BUSY and EXCHANGE also carry the reliability fields {exchange, attempt, echo}.
 """
 
 from __future__ import annotations
@@ -71,6 +89,7 @@ import numpy as np
 
 from p2pmarl.algos.base import PeerMessage, Peers
 from p2pmarl.runtime.codec import CodecError, require_array
+from p2pmarl.runtime.reliable import Pending, RetransmissionTimer, RetransmitPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +105,14 @@ DONE = "admm_done"
 MESSAGE_KINDS = frozenset({READY, PROPOSE, ACCEPT, BUSY, EXCHANGE, DONE})
 """Every kind of message the ADMM phase sends."""
 EXCHANGE_FIELDS = frozenset({"activation", "version", "fingerprint", "log_ratio", "dual"})
-"""The whole content of an exchange message: ids, version, fingerprint, ℓ^q and y_e^q."""
+"""The whole content of an exchange message: ids, version, fingerprint, ℓ^q and y_e^q. When
+retransmitting, every message also carries the reliability layer's exchange id and copy counters
+(``runtime/reliable.RELIABLE_FIELDS``)."""
 NONDETERMINISTIC_FIELDS = frozenset({"compute_seconds", "communication_seconds", "bytes_sent"})
 """Record fields that differ between identical seeded runs (timings; wire sizes vary with the
-transport's header sequence numbers, which heartbeats advance)."""
+transport's header sequence numbers, which heartbeats advance). Retransmissions and estimated
+timeouts, which depend on timing too, are therefore in the metrics (``admm/retransmissions``,
+``peers/timeouts``), not in the activation records."""
 POLL_SECONDS = 1e-4
 """Receive timeout used to look for already queued messages without blocking."""
 IDLE_WAIT_SECONDS = 0.05
@@ -151,6 +174,14 @@ class ADMMConfig:
     """Upper bound (s) of an async initiator's random pause on an edge after a BUSY answer."""
     max_lead: int = 1
     """Async: commits an edge may lead the least-activated open edge of the agent and still run."""
+    retransmissions: int = 0
+    """Retransmissions of an unanswered message before its activation is aborted. 0: the fixed
+    protocol (every wait lasts ``message_timeout``, nothing is re-sent); > 0: waits follow the
+    per-(neighbour, kind) RFC 6298 estimate, clamped to [min_timeout, message_timeout]."""
+    initial_timeout: float = 0.25
+    """Retransmitting: the wait (s) before the first answer time of a (neighbour, kind) is known."""
+    min_timeout: float = 0.03
+    """Retransmitting: lower clamp (s) of every estimated wait."""
 
     def __post_init__(self) -> None:
         if not self.beta > 0:
@@ -172,6 +203,21 @@ class ADMMConfig:
             raise ValueError("ADMMConfig.backoff must be >= 0 seconds")
         if self.max_lead < 0:
             raise ValueError("ADMMConfig.max_lead must be >= 0")
+        if self.retransmissions < 0:
+            raise ValueError(f"ADMMConfig.retransmissions must be >= 0, got {self.retransmissions}")
+        self.retransmit_policy()  # checks the timeout bounds
+
+    def retransmit_policy(self) -> RetransmitPolicy:
+        """Bounds the phase gives the peers' estimators (fixed waits when not retransmitting)."""
+        if self.retransmissions == 0:
+            fixed = self.message_timeout
+            return RetransmitPolicy(fixed, fixed, fixed, 0, 0)
+        return RetransmitPolicy(
+            initial_timeout=min(self.initial_timeout, self.message_timeout),
+            min_timeout=min(self.min_timeout, self.message_timeout),
+            max_timeout=self.message_timeout,
+            max_retransmissions=self.retransmissions,
+        )
 
 
 # -- the closed-form z, y step ----------------------------------------------------------------
@@ -357,6 +403,13 @@ class _Activation:
     proposed: bool = False
     version: int = 0
     solver_stats: dict[str, float] = field(default_factory=dict)
+    retransmissions: int = 0
+    timeout_seconds: float = math.nan
+    """The estimated wait for the partner's exchange when ours was first sent."""
+    recomputed: bool = False
+    """The θ step was redone after a roll-back (the partner had missed our last commit)."""
+    exchange: Pending | None = None
+    """Our exchange message of this activation (retransmitting: re-sent on closing the edge)."""
 
 
 class ADMMPhase:
@@ -418,6 +471,13 @@ class ADMMPhase:
         self._buffer: dict[tuple[int, int], PeerMessage] = {}
         self._latest_from: dict[int, int] = {}
         self._position = -1
+        # retransmission (runtime/reliable.py through the peers)
+        self.policy = config.retransmit_policy()
+        peers.use_policy(self.policy)
+        self._reliable = config.retransmissions > 0
+        self._settled: set[int] = set()
+        self._last_exchange: dict[Edge, Pending | None] = {}
+        """Partners whose DONE arrived (or whose link is lost): nothing more to answer them."""
 
     @property
     def degree(self) -> int:
@@ -437,8 +497,28 @@ class ADMMPhase:
         for edge in self.states:
             if edge not in self.closed:
                 reason = "phase_timeout" if self._past_deadline() else "sequence_end"
-                self._close(edge, reason, notify=reason == "phase_timeout")
+                self._close(edge, reason, notify=self._reliable or reason == "phase_timeout")
+        if self._reliable:
+            self._linger()
         return self._summary(time.monotonic() - started)
+
+    def _linger(self) -> None:
+        """Stay, answering, until every partner's DONE came or for (1 + linear
+        retransmissions) exchange timeouts: a partner that missed our last exchange re-sends
+        its own within that time and gets our stored answer, so it commits too."""
+        waiting = {s.partner for s in self.states.values()} - self._settled
+        if not waiting:
+            return
+        longest = max(self.peers.timeout_for(p, EXCHANGE) for p in waiting)
+        limit = min(self._deadline, time.monotonic() + longest * (
+            1 + self.policy.linear_retransmissions))
+        while (remaining := limit - time.monotonic()) > 0:
+            if not waiting - self._settled - self.peers.down():
+                return
+            message = self._receive(max(POLL_SECONDS, min(remaining, LIVENESS_POLL_SECONDS)))
+            if message is not None:
+                self._handle_idle(message)
+        self._counts["linger_timeouts"] += 1
 
     # -- seeded schedule ------------------------------------------------------------------------
     def _run_seeded(self) -> None:
@@ -451,9 +531,7 @@ class ADMMPhase:
                 continue
             self._position = index
             act = _Activation(edge, index, "seeded", version=self.states[edge].version)
-            log_ratio = self._theta_step(act)
-            message, reason = self._exchange(act, log_ratio)
-            self._finish(act, log_ratio, message, reason)
+            self._activate(act)
 
     # -- async schedule -------------------------------------------------------------------------
     def _run_async(self) -> None:
@@ -515,16 +593,25 @@ class ADMMPhase:
         for partner, edge in self._edge_of.items():
             if edge in self.closed or now < self._next_probe.get(partner, 0.0):
                 continue
-            if now - self._last_heard.get(partner, self._started) < self.config.message_timeout:
+            if now - self._last_heard.get(partner, self._started) < self._probe_wait(partner):
                 continue
             if self._probes[partner] >= self.config.max_failures:
                 self._close(edge, "partner_silent")
                 continue
             self._probes[partner] += 1
-            self._next_probe[partner] = now + self.config.message_timeout
+            self._next_probe[partner] = now + self._probe_wait(partner)
             self._send(partner, READY, reply=0)
 
+    def _probe_wait(self, partner: int) -> float:
+        """Silence before the next READY probe: the READY timeout, doubled per unanswered
+        probe, at most ``message_timeout`` (always ``message_timeout`` when not retransmitting)."""
+        wait = self.peers.timeout_for(partner, READY) * 2 ** self._probes[partner]
+        return min(self.policy.max_timeout, wait)
+
     def _handle_idle(self, message: PeerMessage) -> None:
+        if message.kind == EXCHANGE and self._reliable:
+            self._refuse_stale_exchange(message)
+            return
         if message.kind != PROPOSE:
             self._counts["stale_messages"] += 1
             return
@@ -539,21 +626,21 @@ class ADMMPhase:
             return
         act = _Activation(edge, activation, "responder", version=self.states[edge].version)
         if message.body.get("fingerprint") != self.fingerprint:
-            act.bytes_sent += self._send(message.sender, BUSY, activation=activation)
+            act.bytes_sent += self._answer(message, BUSY, activation=activation)
             self._abort(act, "fingerprint_mismatch")
         elif not self._within_lead(edge):
-            self._send(message.sender, BUSY, activation=activation)
+            self._answer(message, BUSY, activation=activation)
         else:
-            self._respond(act, partner_version)
+            self._respond(act, message, partner_version)
 
     def _initiate(self, edge: Edge) -> None:
         state = self.states[edge]
         self._next_activation += 1
         act = _Activation(edge, self._next_activation, "initiator", version=state.version)
-        act.bytes_sent += self._send(
-            state.partner, PROPOSE, activation=act.activation, version=state.version
+        pending = self._send_reliable(
+            act, PROPOSE, (act.activation,), (), activation=act.activation, version=state.version
         )
-        answer, reason = self._await(state.partner, frozenset({ACCEPT, BUSY}), act.activation)
+        answer, reason = self._await(act, pending, frozenset({ACCEPT, BUSY}))
         if answer is None:
             self._abort(act, reason)
         elif answer.body.get("fingerprint") != self.fingerprint:
@@ -568,21 +655,17 @@ class ADMMPhase:
                 self._abort(act, "version_mismatch")
             else:
                 act.version = state.version
-                log_ratio = self._theta_step(act)
-                message, reason = self._exchange(act, log_ratio)
-                self._finish(act, log_ratio, message, reason)
+                self._activate(act)
         self._after_activation()
 
-    def _respond(self, act: _Activation, partner_version: int) -> None:
+    def _respond(self, act: _Activation, request: PeerMessage, partner_version: int) -> None:
         state = self.states[act.edge]
         self._resynchronise(state, partner_version)
         act.version = state.version
-        act.bytes_sent += self._send(
-            state.partner, ACCEPT, activation=act.activation, version=state.version
+        act.bytes_sent += self._answer(
+            request, ACCEPT, activation=act.activation, version=state.version
         )
-        log_ratio = self._theta_step(act)
-        message, reason = self._exchange(act, log_ratio)
-        self._finish(act, log_ratio, message, reason)
+        self._activate(act)
         self._after_activation()
 
     def _after_activation(self) -> None:
@@ -614,35 +697,62 @@ class ADMMPhase:
             raise ValueError(f"agent {self.agent}: solver proposed a non-finite log ratio")
         return log_ratio
 
-    def _exchange(self, act: _Activation, log_ratio: np.ndarray) -> tuple[PeerMessage | None, str]:
+    def _activate(self, act: _Activation) -> None:
+        """θ step, exchange and z, y step of one activation whose handshake (if any) is done.
+
+        Retransmitting, a version difference in the partner's exchange (one end committed the
+        edge's previous activation alone) costs no activation: the end that is ahead rolls back
+        (the re-synchronisation rule), redoes its θ step from the partner's state and sends its
+        exchange again; the end that is behind waits for that corrected exchange.
+        """
+        log_ratio = self._theta_step(act)
+        pending = self._send_exchange(act, log_ratio)
+        while True:
+            message, reason = self._await(act, pending, frozenset({EXCHANGE}))
+            if message is None:
+                self.peers.forget(pending.neighbour, pending.key)
+                self._abort(act, reason)
+                return
+            if message.body.get("fingerprint") != self.fingerprint:
+                self._abort(act, "fingerprint_mismatch")
+                return
+            state = self.states[act.edge]
+            partner_version = _int_field(message.body, "version")
+            if partner_version == state.version:
+                self._finish(act, log_ratio, message)
+                return
+            if partner_version is None or not self._reliable:
+                if partner_version is not None:
+                    self._resynchronise(state, partner_version)
+                self._abort(act, "version_mismatch")
+                return
+            if partner_version > state.version:
+                continue  # the partner rolls back and sends its exchange again
+            if not self._resynchronise(state, partner_version):
+                self._abort(act, "version_mismatch")
+                return
+            act.version = state.version
+            act.recomputed = True
+            log_ratio = self._theta_step(act)
+            self._send_exchange(act, log_ratio)
+            self._finish(act, log_ratio, message)
+            return
+
+    def _send_exchange(self, act: _Activation, log_ratio: np.ndarray) -> Pending:
+        """Our ℓ^q and y_e^q, also stored as the answer to the partner's exchange."""
         state = self.states[act.edge]
-        act.bytes_sent += self._send(
-            state.partner,
-            EXCHANGE,
-            activation=act.activation,
-            version=state.version,
-            log_ratio=log_ratio,
+        pending = self._send_reliable(
+            act, EXCHANGE, (act.activation, state.version), (EXCHANGE,),
+            activation=act.activation, version=state.version, log_ratio=log_ratio,
             dual=state.dual,
         )
-        return self._await(state.partner, frozenset({EXCHANGE}), act.activation)
+        act.timeout_seconds = pending.timer.rto
+        act.exchange = pending
+        return pending
 
-    def _finish(
-        self, act: _Activation, log_ratio: np.ndarray, message: PeerMessage | None, reason: str
-    ) -> None:
-        """z, y step of eq. (22) on a valid partner exchange; otherwise abort the activation."""
-        if message is None:
-            self._abort(act, reason)
-            return
-        if message.body.get("fingerprint") != self.fingerprint:
-            self._abort(act, "fingerprint_mismatch")
-            return
+    def _finish(self, act: _Activation, log_ratio: np.ndarray, message: PeerMessage) -> None:
+        """z, y step of eq. (22) on the partner's exchange of the same version."""
         state = self.states[act.edge]
-        partner_version = _int_field(message.body, "version")
-        if partner_version is None or partner_version != state.version:
-            if partner_version is not None:
-                self._resynchronise(state, partner_version)
-            self._abort(act, "version_mismatch")
-            return
         try:
             partner_ratio = require_array(message.body, "log_ratio", shape=self.shape, dtype="<f4")
             partner_dual = require_array(message.body, "dual", shape=self.shape, dtype="<f4")
@@ -662,6 +772,7 @@ class ADMMPhase:
         self.solver.accept()
         self._failures[act.edge] = 0
         self._last_step[act.edge] = step
+        self._last_exchange[act.edge] = act.exchange
         self._emit(act, "committed", "", step)
         self._close_if_finished(act.edge, step)
 
@@ -707,6 +818,44 @@ class ADMMPhase:
         self._sums["bytes_sent"] += sent
         return sent
 
+    def _send_reliable(
+        self, act: _Activation, kind: str, key: tuple[int, ...], answers: tuple[str, ...],
+        **fields: Any,
+    ) -> Pending:
+        body = {**fields, "fingerprint": self.fingerprint}
+        partner = self.states[act.edge].partner
+        if self._reliable:
+            pending = self.peers.send_reliable(partner, kind, body, key, answers)
+        else:  # the fixed protocol: plain messages, one wait of message_timeout
+            pending = Pending(partner, kind, body, key, RetransmissionTimer(self.policy))
+            sent: object = self.peers.send(partner, kind, body)
+            pending.bytes_sent = sent if isinstance(sent, int) else 0
+        self._sums["bytes_sent"] += pending.bytes_sent
+        act.bytes_sent += pending.bytes_sent
+        return pending
+
+    def _resend(self, act: _Activation, pending: Pending) -> None:
+        sent = self.peers.resend(pending)
+        self._sums["bytes_sent"] += sent
+        act.bytes_sent += sent
+        act.retransmissions += 1
+
+    def _answer(self, request: PeerMessage, kind: str, **fields: Any) -> int:
+        """An answer the peers re-send from their store if ``request`` comes again."""
+        if not self._reliable:
+            return self._send(request.sender, kind, **fields)
+        sent = self.peers.answer(request, kind, {**fields, "fingerprint": self.fingerprint})
+        self._sums["bytes_sent"] += sent
+        return sent
+
+    def _refuse_stale_exchange(self, message: PeerMessage) -> None:
+        """An exchange of an activation this agent is not in (it gave that one up, or never got
+        its handshake): answer BUSY, so the partner aborts it too instead of retransmitting."""
+        self._counts["stale_messages"] += 1
+        activation = _int_field(message.body, "activation")
+        if activation is not None and not message.body.get("echo"):
+            self._answer(message, BUSY, activation=activation)
+
     def _receive(self, timeout: float) -> PeerMessage | None:
         """Next ADMM message that needs the caller; READY and DONE are handled here."""
         message = self.peers.receive(timeout, MESSAGE_KINDS)
@@ -728,50 +877,77 @@ class ADMMPhase:
                 self._send(message.sender, READY, reply=1)
             return None
         if message.kind == DONE:
+            self._settled.add(message.sender)
             if edge not in self.closed:
-                self._close(edge, "partner_done", notify=False)
+                self._close(edge, "partner_done", notify=self._reliable)
             return None
         return message
 
     def _await(
-        self, partner: int, kinds: frozenset[str], activation: int
+        self, act: _Activation, pending: Pending, kinds: frozenset[str]
     ) -> tuple[PeerMessage | None, str]:
-        """Wait (≤ message_timeout) for ``partner``'s message of ``kinds`` about ``activation``.
+        """Wait for the partner's message of ``kinds`` about ``act``, re-sending ``pending`` each
+        time its estimated timeout passes, at most ``retransmissions`` times.
 
         Meanwhile PROPOSEs are answered BUSY and (seeded) other exchanges are kept for later.
         Returns the message and "", or None and why: timeout, phase_timeout, partner_done,
-        partner_ahead (seeded: a later exchange of the partner came first, so this one was lost).
+        peer_down, partner_aborted (it answered BUSY to our exchange), partner_ahead (seeded: a
+        later exchange of the partner came first, so this one was lost; retransmitting, we first
+        re-send once, for the partner's stored answer).
         """
+        partner = pending.neighbour
+        activation = act.activation
         edge = self._edge_of[partner]
         kept = self._buffer.pop((partner, activation), None)
         if kept is not None and kept.kind in kinds:
+            pending.answered()
             return kept, ""
-        limit = min(time.monotonic() + self.config.message_timeout, self._deadline)
+        nudged = False
         while True:
             self._close_lost_partners()
             if edge in self.closed:
                 return None, "peer_down" if self.closed[edge] == "peer_down" else "partner_done"
-            if self._latest_from.get(partner, -1) > activation:
-                return None, "partner_ahead"
-            remaining = limit - time.monotonic()
-            if remaining <= 0:
-                return None, "phase_timeout" if limit >= self._deadline else "timeout"
-            message = self._receive(min(remaining, LIVENESS_POLL_SECONDS))
+            ahead = self._latest_from.get(partner, -1) > activation
+            exhausted = pending.attempts >= self.policy.max_retransmissions
+            if ahead and not nudged:
+                if exhausted:
+                    return None, "partner_ahead"
+                nudged = True
+                pending.due = time.monotonic()  # re-send now, for the partner's stored answer
+            if self._past_deadline():
+                return None, "phase_timeout"
+            if pending.overdue():
+                if not exhausted:
+                    self._resend(act, pending)
+                elif ahead:
+                    return None, "partner_ahead"
+                elif self._reliable and self.peers.heard_since(partner, pending.alive_since):
+                    self.peers.extend(pending)  # alive and behind (seeded: on an earlier one)
+                    act.retransmissions += 1
+                else:
+                    return None, "timeout"
+            wait = min(pending.remaining(), self._deadline - time.monotonic())
+            message = self._receive(max(POLL_SECONDS, min(wait, LIVENESS_POLL_SECONDS)))
             if message is None:
                 continue
-            if (
-                message.sender == partner
-                and message.kind in kinds
-                and _int_field(message.body, "activation") == activation
-            ):
-                return message, ""
+            if message.sender == partner and _int_field(message.body, "activation") == activation:
+                if message.kind in kinds:
+                    pending.answered()
+                    return message, ""
+                if message.kind == BUSY and EXCHANGE in kinds:
+                    return None, "partner_aborted"
+                if message.kind == EXCHANGE and ACCEPT in kinds:
+                    # its ACCEPT was lost: the partner's exchange proves it accepted; keep it
+                    self._buffer[(partner, activation)] = message
+                    pending.answered()
+                    return message, ""
             self._handle_engaged(message)
 
     def _handle_engaged(self, message: PeerMessage) -> None:
         """A message that is not the one awaited, while this agent is engaged."""
         activation = _int_field(message.body, "activation")
         if message.kind == PROPOSE and activation is not None:
-            self._send(message.sender, BUSY, activation=activation)
+            self._answer(message, BUSY, activation=activation)
             self._turned_away = True
         elif (
             self.config.schedule == "seeded"
@@ -782,6 +958,8 @@ class ADMMPhase:
             self._buffer[(message.sender, activation)] = message
             latest = self._latest_from.get(message.sender, -1)
             self._latest_from[message.sender] = max(latest, activation)
+        elif message.kind == EXCHANGE and self._reliable:
+            self._refuse_stale_exchange(message)
         else:
             self._counts["stale_messages"] += 1
 
@@ -801,9 +979,16 @@ class ADMMPhase:
                 self._close(edge, "peer_down")
 
     def _close(self, edge: Edge, reason: str, notify: bool = True) -> None:
+        """Close ``edge``; with ``notify`` tell the partner (DONE). Retransmitting, our exchange
+        of the edge's last committed activation goes out once more first: a partner that missed
+        it gets it before the DONE (same link, in order) and commits too."""
         self.closed[edge] = reason
-        if notify:
-            self._send(self.states[edge].partner, DONE)
+        if not notify:
+            return
+        last = self._last_exchange.pop(edge, None)
+        if self._reliable and last is not None:
+            self._sums["bytes_sent"] += self.peers.echo(last)
+        self._send(self.states[edge].partner, DONE)
 
     def _past_deadline(self) -> bool:
         return time.monotonic() >= self._deadline
@@ -814,6 +999,8 @@ class ADMMPhase:
         if reason == "fingerprint_mismatch":
             self._counts["fingerprint_mismatches"] += 1
         self._sums["compute_seconds"] += act.compute_seconds
+        self._sums["retransmissions"] += act.retransmissions
+        self._sums["recomputed"] += act.recomputed
         self._sums["communication_seconds"] += wall - act.compute_seconds
         if step is not None:
             self._sums["disagreement_rms"] += step.disagreement_rms
@@ -835,6 +1022,7 @@ class ADMMPhase:
             "compute_seconds": act.compute_seconds,
             "communication_seconds": wall - act.compute_seconds,
             "bytes_sent": act.bytes_sent,
+            "recomputed": act.recomputed,
         }
         entry.update(act.solver_stats)
         if self._record_sink is not None:
@@ -857,6 +1045,9 @@ class ADMMPhase:
             "admm/compute_seconds": self._sums["compute_seconds"],
             "admm/communication_seconds": self._sums["communication_seconds"],
             "admm/bytes_sent": float(self._sums["bytes_sent"]),
+            "admm/retransmissions": float(self._sums["retransmissions"]),
+            "admm/recomputed": float(self._sums["recomputed"]),
+            "admm/linger_timeouts": float(self._counts["linger_timeouts"]),
         }
         for name in ("disagreement", "primal", "dual"):
             total = self._sums[f"{name}_rms"]

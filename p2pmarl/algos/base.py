@@ -8,7 +8,7 @@ it exchanges with its graph neighbours in the peer phase. Algorithm modules neve
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -17,6 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from p2pmarl.config import RunConfig
     from p2pmarl.envs.base import EnvSpec
+    from p2pmarl.runtime.reliable import Pending, RetransmitPolicy
     from p2pmarl.topology import Topology
 
 
@@ -64,6 +65,46 @@ class Peers(Protocol):
 
     def down(self) -> frozenset[int]:
         """Neighbours the network layer currently reports lost (crashed or unreachable)."""
+
+    # Reliable exchanges over lossy links (runtime/reliable.py, docs/faults.md#retransmission).
+    def request(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
+        reply_kinds: frozenset[str], answers: Iterable[str] = (), deadline: float | None = None,
+    ) -> PeerMessage | None:
+        """Send ``body`` as exchange ``key`` and wait for ``neighbour``'s message of
+        ``reply_kinds`` in the same exchange, retransmitting on the estimated timeout; None when
+        given up. ``answers``: kinds of the neighbour's messages this one also answers (e.g. its
+        own kind, in a symmetric exchange where both ends call ``request``)."""
+
+    def answer(self, request: PeerMessage, kind: str, body: Mapping[str, Any]) -> int:
+        """Answer a reliable message; its retransmissions are answered again from a stored copy."""
+
+    def send_reliable(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
+        answers: Iterable[str] = (),
+    ) -> Pending:
+        """Send the first copy of a reliable message; for callers running their own wait loop."""
+
+    def resend(self, pending: Pending) -> int:
+        """Re-send ``pending`` after its timeout passed (backs its estimator off)."""
+
+    def extend(self, pending: Pending) -> int:
+        """Retransmissions used up but the neighbour is alive: one more wait and copy."""
+
+    def echo(self, pending: Pending) -> int:
+        """One more copy of ``pending`` that is never answered (e.g. before leaving)."""
+
+    def forget(self, neighbour: int, key: Iterable[int]) -> None:
+        """Drop the stored answers of an exchange given up."""
+
+    def heard_since(self, neighbour: int, since: float) -> bool:
+        """Whether anything of ``neighbour`` arrived after monotonic time ``since`` (alive)."""
+
+    def timeout_for(self, neighbour: int, kind: str) -> float:
+        """Current estimated wait (s) for ``neighbour``'s answer to a message of ``kind``."""
+
+    def use_policy(self, policy: RetransmitPolicy) -> None:
+        """Bounds of the estimators and of retransmission from now on."""
 
 
 @dataclass(frozen=True)

@@ -315,6 +315,7 @@ class MATRPO(TrustRegionAgent):
                 initial_dual=config.initial_dual,
                 message_timeout=config.admm_message_timeout,
                 phase_timeout=config.phase_timeout,
+                retransmissions=config.admm_retransmissions,
             ),
             linearized_log_ratio=config.linearized_log_ratio,
             theta_step=config.theta_step,

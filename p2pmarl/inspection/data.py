@@ -247,6 +247,45 @@ def disagreement_by_iteration(rows: list[dict[str, Any]], iterations: int) -> li
     return values
 
 
+def down_intervals(events: Iterable[Mapping[str, Any]], edge: Edge) -> list[tuple[float, float]]:
+    """Wall-clock intervals (unix seconds) in which ``edge`` was down, merged.
+
+    Each endpoint logs ``link_down``/``link_up`` when an injected outage of the edge (a
+    ``down`` window or a partition) starts or ends, or when its socket layer loses or regains
+    the neighbour (a crash); the edge is down while either endpoint sees it down. An outage
+    still open at the last logged event (a process killed before it could log the end) ends
+    there.
+    """
+    events = list(events)
+    rows = sorted(
+        (e for e in events if e.get("event") in ("link_down", "link_up")
+         and sorted(e.get("edge") or []) == list(edge) and isinstance(e.get("time"), int | float)),
+        key=lambda e: e["time"],
+    )
+    last = max((e["time"] for e in events if isinstance(e.get("time"), int | float)), default=0.0)
+    opened: dict[tuple[Any, Any], float] = {}
+    spans: list[tuple[float, float]] = []
+    for event in rows:
+        key = (event.get("agent"), event.get("source"))
+        if event["event"] == "link_down":
+            opened.setdefault(key, float(event["time"]))
+        elif key in opened:
+            spans.append((opened.pop(key), float(event["time"])))
+    spans += [(start, max(start, last)) for start in opened.values()]
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
+
+
+def down_seconds(events: Iterable[Mapping[str, Any]], edge: Edge) -> float:
+    """Seconds ``edge`` was down over the run (:func:`down_intervals`)."""
+    return float(sum(end - start for start, end in down_intervals(events, edge)))
+
+
 def edge_report(records: RunRecords, edge: Edge, iterations: int) -> dict[str, Any]:
     """One entry of ``edges`` (see docs/inspect.md)."""
     rows = edge_activations(records, edge)
@@ -262,7 +301,7 @@ def edge_report(records: RunRecords, edge: Edge, iterations: int) -> dict[str, A
             1 for event in records.faults
             if event.get("event") == "drop" and sorted(event.get("edge") or []) == list(edge)
         ),
-        "down_seconds": 0.0,
+        "down_seconds": down_seconds(records.faults, edge),
         "abort_reasons": dict(Counter(str(r.get("reason", "")) for r in aborted)),
         "split": split_outcomes(records, edge),
         "disagreement_last": _finite(last.get("disagreement_rms")),

@@ -274,6 +274,7 @@ class AgentProcess:
                 "net/bytes_sent": self.transport.sent_bytes,
                 "net/rejected": sum(self.transport.rejected.values()),
                 **self._fault_metrics(),
+                **self.peers.metrics(),
                 "sys/peak_rss_mb": peak_rss_megabytes(),
                 "sys/pss_mb": proportional_set_megabytes(),
                 **stats,

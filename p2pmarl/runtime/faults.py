@@ -92,6 +92,10 @@ MIN_WAIT = 0.001
 """Shortest receive wait while a delayed frame is about to fall due (no busy loop)."""
 VARIATES = 5
 """Uniform variates drawn per message: burst transition, burst loss, drop, delay?, delay size."""
+LINK_CHECK_SECONDS = 0.1
+"""How often (at most) an agent compares its links' injected outages with the last state it
+logged; a change is logged as a ``link_down``/``link_up`` event (``p2pmarl inspect``'s
+``down_seconds``)."""
 
 
 class FaultSpecError(ConfigError):
@@ -690,6 +694,13 @@ class FaultInjector:
             return Decision(drop=True, reason="random" if override is None else "link")
         return self._delay(u[3], u[4])
 
+    def outage(
+        self, edge: Edge, iteration: int, seconds: float, activation: int | None = None
+    ) -> str:
+        """Why ``edge`` is down now (``down``, ``partition``) or "" (windows bounded by
+        activations hold only for messages of those activations)."""
+        return self._outage(edge, iteration, seconds, activation)
+
     def _outage(
         self, edge: Edge, iteration: int, seconds: float, activation: int | None
     ) -> str:
@@ -754,6 +765,8 @@ class FaultyTransport(Transport):
         self._held: list[_Held] = []
         self._last_due: dict[int, float] = {}
         self._order = itertools.count()
+        self._link_state: dict[tuple[int, str], str] = {}
+        self._next_link_check = 0.0
         self._log: IO[str] | None = None
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -765,12 +778,45 @@ class FaultyTransport(Transport):
         return getattr(self.inner, name)
 
     def peers_down(self) -> frozenset[int]:
-        return self.inner.peers_down()
+        down = self.inner.peers_down()
+        for neighbour in self.neighbours:
+            self._set_link(neighbour, "peer", "peer_lost" if neighbour in down else "")
+        return down
+
+    # -- link state, for down_seconds -------------------------------------------------------------
+    def check_links(self, force: bool = False) -> None:
+        """Log the links whose injected outage started or ended since the last check."""
+        now = time.monotonic()
+        if not force and now < self._next_link_check:
+            return
+        self._next_link_check = now + LINK_CHECK_SECONDS
+        seconds = self.elapsed()
+        for neighbour in self.neighbours:
+            reason = self.injector.outage(self.injector.edge(neighbour), self.iteration, seconds)
+            self._set_link(neighbour, "fault", reason)
+
+    def _set_link(self, neighbour: int, source: str, reason: str) -> None:
+        """Outage state of one link from one source (``fault``: injected windows, ``peer``: the
+        socket layer's lost neighbour); a change is one ``link_down``/``link_up`` event."""
+        before = self._link_state.get((neighbour, source), "")
+        if reason == before:
+            return
+        self._link_state[(neighbour, source)] = reason
+        if self._log is None:
+            return
+        row = {
+            "time": time.time(), "elapsed": round_(self.elapsed()), "agent": self.agent_id,
+            "event": "link_down" if reason else "link_up", "kind": "link",
+            "edge": list(self.injector.edge(neighbour)), "receiver": neighbour,
+            "iteration": self.iteration, "source": source, "reason": reason or before,
+        }
+        self._log.write(json.dumps(row) + "\n")
 
     # -- iteration and timing -------------------------------------------------------------------
     def start_iteration(self, iteration: int) -> None:
         """The training iteration that iteration windows compare against (also set by sends)."""
         self.iteration = iteration
+        self.check_links(force=True)
 
     def elapsed(self) -> float:
         """Wall seconds since the run started (the origin of seconds windows)."""
@@ -784,6 +830,7 @@ class FaultyTransport(Transport):
     # -- sending -------------------------------------------------------------------------------
     def send(self, receiver: int, kind: str, round: int, body: Mapping[str, Any]) -> int:
         self.flush()
+        self.check_links()
         if kind not in EXEMPT_KINDS and kind not in HEARTBEAT_KINDS:
             self.iteration = max(self.iteration, round)
         self._outgoing = (kind, round)
@@ -826,6 +873,7 @@ class FaultyTransport(Transport):
     # -- receiving -------------------------------------------------------------------------------
     def _receive_frame(self, timeout: float) -> tuple[int | None, bytes] | None:
         self.flush()
+        self.check_links()
         if self._held:
             timeout = min(timeout, max(MIN_WAIT, self._held[0].due - time.monotonic()))
         got = self.inner._receive_frame(timeout)
@@ -860,6 +908,8 @@ class FaultyTransport(Transport):
             lost = Decision(drop=True, reason="held_at_close")
             self._record(lost, held.receiver, held.kind, held.round)
         self._held.clear()
+        for neighbour, source in list(self._link_state):
+            self._set_link(neighbour, source, "")  # the run's end closes every outage
         if self._log is not None:
             self._log.close()
             self._log = None

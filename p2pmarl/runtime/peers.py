@@ -3,48 +3,200 @@
 It stamps every message with the training iteration, drops messages of earlier iterations
 (counted as ``stale_round``), keeps messages of later iterations for later, and lets a caller wait
 for particular kinds while other kinds stay queued.
+
+It is also where every variant gets reliable exchanges over lossy links
+(:mod:`p2pmarl.runtime.reliable`): :meth:`PeerLink.send_reliable` sends a message that will be
+retransmitted on its (neighbour, kind) RTO until answered, :meth:`PeerLink.answer` sends an answer
+that is re-sent from its stored copy whenever a retransmission of what it answers arrives,
+:meth:`PeerLink.request` does the whole send–wait–retransmit loop for one answer, and
+:meth:`PeerLink.timeout_for` gives any waiting code the current estimate. Duplicate copies of a
+reliable message are suppressed here, so an algorithm sees each at most once.
 """
 
 from __future__ import annotations
 
+import math
 import time
-from collections import deque
-from collections.abc import Mapping
+from collections import Counter, deque
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from p2pmarl.algos.base import PeerMessage
 from p2pmarl.runtime.codec import Message
+from p2pmarl.runtime.reliable import (
+    AnswerStore,
+    ExchangeKey,
+    Pending,
+    RetransmitPolicy,
+    TimerTable,
+    exchange_key,
+    is_retransmission,
+)
 from p2pmarl.runtime.transport import Transport
+
+LIVENESS_POLL_SECONDS = 0.2
+"""Longest single wait inside :meth:`PeerLink.request` between two looks at lost neighbours."""
 
 
 class PeerLink:
     """Peers of one agent over any :class:`Transport`, for one training iteration at a time."""
 
-    def __init__(self, transport: Transport, iteration: int = 0) -> None:
+    def __init__(
+        self, transport: Transport, iteration: int = 0, policy: RetransmitPolicy | None = None
+    ) -> None:
         self.transport = transport
         self.agent_id = transport.agent_id
         self.neighbours = transport.neighbours
         self.iteration = iteration
-        self._held: deque[Message] = deque()
+        self._held: deque[tuple[Message, bool]] = deque()
         self._disconnects_at_rollout: dict[int, int] = {}
         self.sent_log: list[tuple[int, str, tuple[str, ...]]] = []
         """(receiver, kind, body keys) of every message sent; what the privacy test reads."""
+        self.timers = TimerTable(policy)
+        """RFC 6298 estimators per (neighbour, kind); they persist across iterations."""
+        self.answers = AnswerStore()
+        self.reliability: Counter[str] = Counter()
+        """``retransmissions``, ``duplicates`` (suppressed copies), ``echoes`` (stored answers
+        re-sent), ``given_up`` (requests that exhausted their retransmissions)."""
+        self._delivered: set[tuple[int, str, int, ExchangeKey]] = set()
 
     def start_iteration(self, iteration: int) -> None:
         """Move to a new training iteration; held messages of older ones are dropped."""
         self.iteration = iteration
-        kept = [m for m in self._held if m.round >= iteration]
+        kept = [(m, admitted) for m, admitted in self._held if m.round >= iteration]
         self.transport.rejected["stale_round"] += len(self._held) - len(kept)
         self._held = deque(kept)
+        self.answers.clear()
+        self._delivered.clear()
 
+    def use_policy(self, policy: RetransmitPolicy) -> None:
+        """Bounds for every estimator from now on (a variant's settings, e.g. its max wait)."""
+        self.timers.use_policy(policy)
+
+    # -- sending ----------------------------------------------------------------------------------
     def send(self, neighbour: int, kind: str, body: Mapping[str, Any]) -> int:
         """Send to one neighbour, stamped with the current iteration; returns bytes sent."""
         self.sent_log.append((neighbour, kind, tuple(sorted(body))))
         return self.transport.send(neighbour, kind, self.iteration, body)
 
+    def send_reliable(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
+        answers: Iterable[str] = (),
+    ) -> Pending:
+        """Send ``body`` as exchange ``key`` (ints, unique per neighbour and iteration) and return
+        its :class:`Pending`, to pass to :meth:`resend` when its deadline passes and to
+        ``Pending.answered`` when the answer comes. If ``answers`` names kinds, the message is
+        also stored as this agent's answer to ``neighbour``'s messages of those kinds in the same
+        exchange (a symmetric exchange answers the partner's message of its own kind)."""
+        key = tuple(int(k) for k in key)
+        full = {**body, "exchange": list(key), "attempt": 0, "echo": 0}
+        pending = Pending(neighbour, kind, full, key, self.timers.timer(neighbour, kind))
+        if answers:
+            self.answers.put(neighbour, answers, key, kind, full)
+        pending.bytes_sent = self.send(neighbour, kind, full)
+        return pending
+
+    def resend(self, pending: Pending) -> int:
+        """The wait for ``pending``'s answer ran out: back its timer off and send it again."""
+        pending.timed_out()
+        return self._send_copy(pending)
+
+    def extend(self, pending: Pending) -> int:
+        """Retransmissions are used up but the neighbour is alive: wait once more, another copy
+        out (it answers from its store, or says it gave the exchange up)."""
+        pending.extend()
+        return self._send_copy(pending)
+
+    def echo(self, pending: Pending) -> int:
+        """One more copy of ``pending``, marked as an echo (it is never answered): for a
+        neighbour that may have missed it while this agent is about to stop waiting."""
+        self.reliability["echoes"] += 1
+        return self.send(pending.neighbour, pending.kind, {**pending.body, "echo": 1})
+
+    def _send_copy(self, pending: Pending) -> int:
+        self.reliability["retransmissions"] += 1
+        body = {**pending.body, "attempt": pending.attempts}
+        return self.send(pending.neighbour, pending.kind, body)
+
+    def answer(self, request: PeerMessage, kind: str, body: Mapping[str, Any]) -> int:
+        """Answer ``request`` (a reliable message) with ``kind``/``body``; a retransmission of the
+        request is answered again from this stored copy, without reaching the algorithm."""
+        key = exchange_key(request.body) or ()
+        full = {**body, "exchange": list(key), "attempt": 0, "echo": 0}
+        self.answers.put(request.sender, (request.kind,), key, kind, full)
+        return self.send(request.sender, kind, full)
+
+    def forget(self, neighbour: int, key: Iterable[int]) -> None:
+        """Drop the stored answers of an exchange this agent gave up on; later copies of the
+        neighbour's messages in it are delivered again, so the algorithm can refuse them."""
+        key = tuple(int(k) for k in key)
+        self.answers.forget(neighbour, key)
+        self._delivered = {d for d in self._delivered if d[0] != neighbour or d[3] != key}
+
+    def heard_since(self, neighbour: int, since: float) -> bool:
+        """Whether any frame of ``neighbour`` (a heartbeat, a duplicate...) arrived after the
+        monotonic time ``since``: it is alive, whatever it is busy with."""
+        return self.transport.last_seen.get(neighbour, -math.inf) > since
+
+    def timeout_for(self, neighbour: int, kind: str) -> float:
+        """Current RTO (s) for an answer from ``neighbour`` to a message of ``kind``."""
+        return self.timers.timeout_for(neighbour, kind)
+
+    def request(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
+        reply_kinds: frozenset[str], answers: Iterable[str] = (), deadline: float | None = None,
+    ) -> PeerMessage | None:
+        """Send ``body`` reliably and wait for ``neighbour``'s message of ``reply_kinds`` in the
+        same exchange, retransmitting on the RTO. None once the retransmissions are exhausted and
+        the neighbour stayed silent for the whole last wait (a neighbour heard from is behind, not
+        gone: it gets more waits), ``deadline`` (monotonic) passed or the neighbour is lost.
+        Other messages stay queued."""
+        pending = self.send_reliable(neighbour, kind, body, key, answers)
+        next_look = 0.0
+        while True:
+            now = time.monotonic()
+            if now >= next_look:
+                if neighbour in self.down():
+                    return None
+                next_look = now + LIVENESS_POLL_SECONDS
+            if deadline is not None and now >= deadline:
+                return None
+            if pending.overdue(now):
+                if not pending.last_attempt:
+                    self.resend(pending)
+                elif self.heard_since(neighbour, pending.alive_since):
+                    self.extend(pending)
+                else:
+                    self.reliability["given_up"] += 1
+                    self.forget(neighbour, pending.key)
+                    return None
+            wait = min(pending.remaining(), LIVENESS_POLL_SECONDS)
+            if deadline is not None:
+                wait = min(wait, max(0.0, deadline - now))
+            message = self._next(wait, reply_kinds, neighbour, pending.key)
+            if message is not None:
+                pending.answered()
+                return _peer_message(message)
+
+    # -- receiving -------------------------------------------------------------------------------
     def receive(self, timeout: float, kinds: frozenset[str] | None = None) -> PeerMessage | None:
-        """Next message of this iteration (of one of ``kinds``), or None after ``timeout`` s."""
-        held = self._take_held(kinds)
+        """Next message of this iteration (of one of ``kinds``), or None after ``timeout`` s.
+        Copies of a reliable message already delivered are never returned again."""
+        message = self._next(timeout, kinds)
+        return None if message is None else _peer_message(message)
+
+    def _next(
+        self, timeout: float, kinds: frozenset[str] | None, sender: int | None = None,
+        key: ExchangeKey | None = None,
+    ) -> Message | None:
+        def wanted(message: Message) -> bool:
+            if kinds is not None and message.kind not in kinds:
+                return False
+            if sender is None:
+                return True
+            return message.sender == sender and exchange_key(message.body) == key
+
+        held = self._take_held(wanted)
         if held is not None:
             return held
         deadline = time.monotonic() + timeout
@@ -55,11 +207,41 @@ class PeerLink:
             if message.round < self.iteration:
                 self.transport.rejected["stale_round"] += 1
                 continue
-            if message.round > self.iteration or (kinds is not None and message.kind not in kinds):
-                self._held.append(message)
+            if message.round > self.iteration:
+                self._held.append((message, False))
                 continue
-            return _peer_message(message)
+            if not self._admit(message):
+                continue
+            if not wanted(message):
+                self._held.append((message, True))
+                continue
+            return message
         return None
+
+    def _admit(self, message: Message) -> bool:
+        """False for a copy of a reliable message already delivered (answered from the store
+        if it is a retransmission and an answer is stored)."""
+        key = exchange_key(message.body)
+        if key is None:
+            return True
+        identity = (message.sender, message.kind, message.round, key)
+        if identity not in self._delivered:
+            self._delivered.add(identity)
+            return True
+        self.reliability["duplicates"] += 1
+        if is_retransmission(message.body):
+            stored = self.answers.get(message.sender, message.kind, key)
+            if stored is not None:
+                kind, body = stored
+                self.reliability["echoes"] += 1
+                self.send(message.sender, kind, {**body, "echo": 1})
+        return False
+
+    def metrics(self) -> dict[str, Any]:
+        """``peers/*`` counters so far and every estimator's state (what the runtime records)."""
+        stats: dict[str, Any] = {f"peers/{k}": v for k, v in sorted(self.reliability.items())}
+        stats["peers/timeouts"] = self.timers.snapshot()
+        return stats
 
     def mark_rollout(self) -> None:
         """Called when the iteration's rollout begins: a neighbour whose link is lost after this
@@ -76,11 +258,16 @@ class PeerLink:
                 down.add(neighbour)
         return frozenset(down)
 
-    def _take_held(self, kinds: frozenset[str] | None) -> PeerMessage | None:
-        for index, message in enumerate(self._held):
-            if message.round == self.iteration and (kinds is None or message.kind in kinds):
-                del self._held[index]
-                return _peer_message(message)
+    def _take_held(self, wanted: Any) -> Message | None:
+        index = 0
+        while index < len(self._held):
+            message, admitted = self._held[index]
+            if message.round != self.iteration or not wanted(message):
+                index += 1
+                continue
+            del self._held[index]
+            if admitted or self._admit(message):
+                return message
         return None
 
 
