@@ -41,6 +41,9 @@ _FLAG_HELP = {
     "phase_timeout": "seconds the world waits for agents to finish learning",
     "faults": "fault spec file of injected link failures (docs/faults.md)",
     "drop": "probability that any peer message is lost (replaces the spec's drop)",
+    "env_kwargs": "JSON keyword arguments for an --env given as MODULE:FACTORY",
+    "agent_order": "comma-separated agent names of an import-path env, in graph-node order",
+    "tensorboard": "also write TensorBoard scalars to RUN_DIR/tensorboard/agent-I/",
 }
 
 

@@ -78,6 +78,16 @@ class RunConfig:
     """Fault spec file (YAML/JSON) of injected link failures, see docs/faults.md (None: none)."""
     drop: float | None = None
     """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
+    # issue 16: PettingZoo envs by import path, TensorBoard
+    env_kwargs: str | None = None
+    """JSON object of keyword arguments for an ``env`` given by import path (``MODULE:FACTORY``);
+    an experiment file may give a mapping instead."""
+    agent_order: str | None = None
+    """Comma-separated agent names of an import-path env in graph-node order (None: the env's
+    ``possible_agents`` order)."""
+    tensorboard: bool = False
+    """Also write every agent's scalars to ``RUN_DIR/tensorboard/agent-I/`` as the run goes
+    (needs the ``tensorboard`` extra: tensorboardX)."""
 
     @property
     def rollout_length(self) -> int:
@@ -119,6 +129,13 @@ class RunConfig:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
         if self.drop is not None and not 0 <= self.drop < 1:
             raise ConfigError(f"drop must be a probability in [0, 1), got {self.drop}")
+        if self.env_kwargs:
+            from p2pmarl.envs.pettingzoo import parse_env_kwargs
+
+            try:
+                parse_env_kwargs(self.env_kwargs)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +151,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(field.type)
     if value is None and "None" in kind:
         return None
+    if name == "env_kwargs" and isinstance(value, dict):  # issue 16: a mapping in YAML
+        return json.dumps(value)
     expected = (
         bool if "bool" in kind else float if "float" in kind else int if "int" in kind else str
     )

@@ -130,7 +130,8 @@ def load_checked_topology(config: RunConfig) -> Topology:
         config.topology, require_connected=algorithm.needs_connected_graph
     )
     try:
-        env_spec(config.env, topology.n_agents, config.episode_length)
+        env_spec(config.env, topology.n_agents, config.episode_length,
+                 env_kwargs=config.env_kwargs, agent_order=config.agent_order)
     except ValueError as error:
         raise ConfigError(
             f"topology {config.topology} has {topology.n_agents} agents, which environment "
@@ -141,7 +142,8 @@ def load_checked_topology(config: RunConfig) -> Topology:
 
 def new_run_dir(config: RunConfig) -> RunDir:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(config.out) / f"{stamp}-{config.algo}-{config.env}-s{config.seed}"
+    env = config.env.replace(":", "-").replace("/", "-")  # an import path (issue 16)
+    base = Path(config.out) / f"{stamp}-{config.algo}-{env}-s{config.seed}"
     root, suffix = base, 1
     while root.exists():
         suffix += 1
