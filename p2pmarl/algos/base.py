@@ -108,9 +108,9 @@ class AgentAlgorithm(ABC):
 
     @abstractmethod
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Own actions for own observations of shape (K, obs_dim): int64 (K,) for a Discrete
-        space, (K, width) otherwise (float32 for a Box); the runtime casts them to the joint
-        action dtype."""
+        """Own actions for own observations of shape (K, obs_dim): (K,) when the action is one
+        number (int64 for Discrete), else (K, width) (float32 for a Box); the runtime casts them
+        to the joint action dtype."""
 
     @abstractmethod
     def local_update(self, batch: Batch) -> dict[str, float]:

@@ -62,12 +62,18 @@ class CTRPO(TrustRegionAgent):
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Joint action (K, W): one draw from every head (W = N for Discrete heads)."""
-        draws = [
-            sample_head(self.policy, observations, head, self.rng, deterministic)
-            for head in range(self.policy.n_heads)
-        ]
+        heads = range(self.policy.n_heads)
         if isinstance(self.policy, CategoricalPolicy):
-            return np.stack(draws, axis=1)
+            return np.stack(
+                [sample_head(self.policy, observations, h, self.rng, deterministic) for h in heads],
+                axis=1,
+            )
+        draws = [
+            sample_head(self.policy, observations, h, self.rng, deterministic).reshape(
+                len(observations), -1
+            )
+            for h in heads
+        ]
         if any(draw.dtype.kind == "f" for draw in draws):
             draws = [draw.astype(np.float32) for draw in draws]
         return np.concatenate(draws, axis=1)

@@ -137,8 +137,8 @@ class TrustRegionAgent(AgentAlgorithm):
         self.value_optimizer = Adam(self.value_net.parameters(), lr=config.value_lr)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Own actions a^i ~ π^i(·|o^i) from the acting head: int64 (K,) for Discrete, else
-        (K, width) (Box: float32, unclipped)."""
+        """Own actions a^i ~ π^i(·|o^i) from the acting head: (K,) for a one-number action
+        (int64 for Discrete), else (K, width) (Box: float32, unclipped)."""
         return sample_head(self.policy, observations, self.acting_head, self.rng, deterministic)
 
     def prepare(self, batch: Batch) -> OnPolicyData:

@@ -240,6 +240,12 @@ class ProductPolicy(nn.Module):
             last.weight.mul_(LAST_LAYER_SCALE)
         self.log_std = nn.Parameter(torch.full((self.n_gaussian,), INITIAL_LOG_STD))
         self._numpy_forward = NumpyForward(self.body)
+        self._head_dims = {
+            head: np.array([g for g, h in enumerate(gaussian_head) if h == head], dtype=np.int64)
+            for head in set(gaussian_head)
+        }
+        """Gaussian dimensions (indices into μ, σ, centre, half-width) of each Box head."""
+        self._mean_numpy = np.asarray(mean_column, dtype=np.int64)
         self._centre = np.asarray(centre, dtype=np.float32)
         self._half_width = np.asarray(half_width, dtype=np.float32)
 
@@ -368,8 +374,8 @@ class ProductPolicy(nn.Module):
         outputs = self._numpy_forward(np.ascontiguousarray(observations, dtype=np.float32))
         space = self.heads[head]
         if space.is_box:
-            dims = [g for g, h in enumerate(self.gaussian_heads) if h == head]
-            mean = outputs[:, self._mean_column.numpy()[dims]]
+            dims = self._head_dims[head]
+            mean = outputs[:, self._mean_numpy[dims]]
             if not deterministic:
                 std = np.exp(self.log_std.detach().numpy()[dims])
                 mean = mean + std * rng.standard_normal(size=mean.shape)
@@ -406,11 +412,12 @@ def sample_head(
     rng: np.random.Generator,
     deterministic: bool = False,
 ) -> np.ndarray:
-    """One head's actions: int64 (K,) from a :class:`CategoricalPolicy` (:func:`sample_actions`),
-    (K, width) from a :class:`ProductPolicy` (:meth:`ProductPolicy.sample`)."""
+    """One head's actions: (K,) when the head's action is one number (int64 for Discrete,
+    :func:`sample_actions`), else (K, width) (:meth:`ProductPolicy.sample`)."""
     if isinstance(policy, CategoricalPolicy):
         return sample_actions(policy, observations, head, rng, deterministic)
-    return policy.sample(observations, head, rng, deterministic)
+    draws = policy.sample(observations, head, rng, deterministic)
+    return draws[:, 0] if draws.shape[1] == 1 else draws
 
 
 class ValueNet(nn.Module):
