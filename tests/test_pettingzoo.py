@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ class ToyEnv(ParallelEnv):
     ``a_leaves`` steps; the episode ends after ``length`` steps. Every step records the joint
     action it got in ``self.received``."""
 
-    metadata = {"name": "toy_v0"}
+    metadata: ClassVar[dict] = {"name": "toy_v0"}
 
     def __init__(self, a_leaves: int = 2, length: int = 4, observation: str = "ok") -> None:
         self.possible_agents = ["a", "b"]
