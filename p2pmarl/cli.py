@@ -101,6 +101,10 @@ def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:
     inspect.add_argument("--json", action="store_true", help="print the inspection JSON")
     inspect.add_argument("--plot", metavar="DIR", help="write the figures (PNG) into DIR")
     inspect.add_argument(
+        "--tensorboard", action="store_true",
+        help="convert each run's records to RUN_DIR/tensorboard/agent-I/ event files",
+    )
+    inspect.add_argument(
         "--live", action="store_true", help="refresh the report until every run has finished"
     )
     inspect.add_argument(
@@ -212,6 +216,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if args.plot:
         for path in write_plots(args.run_dirs, args.plot):
             print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    if args.tensorboard:
+        from p2pmarl.runtime.tensorboard import export_run
+
+        for run in args.run_dirs:
+            folder = export_run(run)
+            print(f"wrote {folder}  (tensorboard --logdir {folder})",
+                  file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -38,6 +38,7 @@ from p2pmarl.runtime.crashes import CrashPlan
 from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
 from p2pmarl.runtime.summary import build_summary
+from p2pmarl.runtime.tensorboard import TensorBoardExporter
 from p2pmarl.runtime.transport import KEYS_DIR, agent_key_file, public_keys_file
 from p2pmarl.topology import Topology, load_topology
 
@@ -425,12 +426,19 @@ def launch(
     launcher = Launcher(run_dir, config, learners, start, CrashPlan(fault_spec))
     view = ProgressView(run_dir, config, learners, start, enabled=show_progress)
     view.ended = launcher.crash_plan.ended
+    exporter = TensorBoardExporter(run_dir, learners) if config.tensorboard else None
+
+    def on_poll() -> None:
+        view.update()
+        if exporter is not None:
+            exporter.update()
+
     started = time.monotonic()
     messages: list[str] = []
     try:
         launcher.spawn()
         with view:
-            status, culprit = launcher.watch(view.update)
+            status, culprit = launcher.watch(on_poll)
             if status == "completed":
                 culprit = launcher.wait_agents(FINISH_GRACE)
                 status = "failed" if culprit else status
@@ -441,6 +449,8 @@ def launch(
     finally:
         launcher.stop_all()
         shutil.rmtree(socket_dir, ignore_errors=True)
+        if exporter is not None:
+            exporter.close()
     if culprit is not None:
         messages.append(launcher.describe_failure(culprit))
     summary = build_summary(
