@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
-demo: $(STAMP)  ## short decentralized training on a 3-agent ring, then a summary
-	$(BIN)/p2pmarl launch launch/quickstart.yaml
+demo: $(STAMP)  ## short decentralized training on a 3-agent ring, then a summary and its curve
+	$(BIN)/p2pmarl launch launch/quickstart.yaml --out runs/demo
+	@run=$$(ls -td runs/demo/*/ | head -1); run=$${run%/}; \
+	$(BIN)/p2pmarl inspect "$$run" --plot "$$run/plots" > /dev/null && \
+	echo "learning curve: $$run/plots/learning_curves.png" && \
+	echo "next: $(BIN)/p2pmarl inspect $$run"
 
 test: $(STAMP)  ## the test suite CI runs (slow checks skipped)
 	$(BIN)/ruff check p2pmarl tests bench

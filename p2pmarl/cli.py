@@ -44,6 +44,9 @@ _FLAG_HELP = {
     "env_backend": "batched (numpy over all copies) or mpe2 (the reference, copy by copy)",
     "admm_retransmissions": "re-sends of an unanswered ADMM message before the activation is "
     "aborted (adaptive waits; 0: fixed --admm-message-timeout waits)",
+    "env_kwargs": "JSON keyword arguments for an --env given as MODULE:FACTORY",
+    "agent_order": "comma-separated agent names of an import-path env, in graph-node order",
+    "tensorboard": "also write TensorBoard scalars to RUN_DIR/tensorboard/agent-I/",
 }
 
 
@@ -100,6 +103,10 @@ def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:
     inspect.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     inspect.add_argument("--json", action="store_true", help="print the inspection JSON")
     inspect.add_argument("--plot", metavar="DIR", help="write the figures (PNG) into DIR")
+    inspect.add_argument(
+        "--tensorboard", action="store_true",
+        help="convert each run's records to RUN_DIR/tensorboard/agent-I/ event files",
+    )
     inspect.add_argument(
         "--live", action="store_true", help="refresh the report until every run has finished"
     )
@@ -212,6 +219,13 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if args.plot:
         for path in write_plots(args.run_dirs, args.plot):
             print(f"wrote {path}", file=sys.stderr if args.json else sys.stdout)
+    if args.tensorboard:
+        from p2pmarl.runtime.tensorboard import export_run
+
+        for run in args.run_dirs:
+            folder = export_run(run)
+            print(f"wrote {folder}  (tensorboard --logdir {folder})",
+                  file=sys.stderr if args.json else sys.stdout)
     return 0
 
 

@@ -89,6 +89,16 @@ class RunConfig:
     """Retransmissions of an unanswered ADMM message before its activation is aborted; waits follow
     a per-(neighbour, kind) RFC 6298 estimate with ``admm_message_timeout`` as the upper clamp
     (0: the fixed protocol, every wait lasts ``admm_message_timeout``, nothing is re-sent)."""
+    # issue 16: PettingZoo envs by import path, TensorBoard
+    env_kwargs: str | None = None
+    """JSON object of keyword arguments for an ``env`` given by import path (``MODULE:FACTORY``);
+    an experiment file may give a mapping instead."""
+    agent_order: str | None = None
+    """Comma-separated agent names of an import-path env in graph-node order (None: the env's
+    ``possible_agents`` order)."""
+    tensorboard: bool = False
+    """Also write every agent's scalars to ``RUN_DIR/tensorboard/agent-I/`` as the run goes
+    (needs the ``tensorboard`` extra: tensorboardX)."""
 
     @property
     def rollout_length(self) -> int:
@@ -141,6 +151,13 @@ class RunConfig:
                 f"admm_retransmissions must be ≥ 0 (0: no retransmission), got "
                 f"{self.admm_retransmissions}"
             )
+        if self.env_kwargs:
+            from p2pmarl.envs.pettingzoo import parse_env_kwargs
+
+            try:
+                parse_env_kwargs(self.env_kwargs)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -158,6 +175,8 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     kind = str(field.type)
     if value is None and "None" in kind:
         return None
+    if name == "env_kwargs" and isinstance(value, dict):  # issue 16: a mapping in YAML
+        return json.dumps(value)
     expected = (
         bool if "bool" in kind else float if "float" in kind else int if "int" in kind else str
     )

@@ -33,7 +33,7 @@ GIF_SCALE = 0.5
 GIF_FRAME_MS = 80
 """Milliseconds each GIF frame is shown."""
 
-Policy = Callable[[list[np.ndarray]], list[int]]
+Policy = Callable[[list[np.ndarray]], list[float]]
 """Joint observation (one array per agent) → one action per agent."""
 
 
@@ -71,7 +71,8 @@ def load_learners(path: str | os.PathLike[str]) -> LoadedRun:
     run_dir = RunDir(records.root)
     iteration = latest_common_checkpoint(run_dir, records.learners)
     config, topology = records.config, records.topology
-    spec = env_spec(config.env, topology.n_agents, config.episode_length)
+    spec = env_spec(config.env, topology.n_agents, config.episode_length,
+                    env_kwargs=config.env_kwargs, agent_order=config.agent_order)
     _, seeds = process_seeds(config.seed, topology.n_agents)
     algorithms = {}
     for agent in records.learners:
@@ -92,17 +93,18 @@ def joint_policy(algorithms: dict[int, AgentAlgorithm]) -> Policy:
     if len(algorithms) == 1 and next(iter(algorithms.values())).centralized:
         learner = next(iter(algorithms.values()))
 
-        def centralized(observations: list[np.ndarray]) -> list[int]:
+        def centralized(observations: list[np.ndarray]) -> list[float]:
             joint = np.concatenate(observations)[None].astype(np.float32, copy=False)
-            return [int(a) for a in learner.act(joint, deterministic=True)[0]]
+            return np.asarray(learner.act(joint, deterministic=True)[0]).reshape(-1).tolist()
 
         return centralized
 
-    def decentralized(observations: list[np.ndarray]) -> list[int]:
-        return [
-            int(algorithms[agent].act(observations[agent][None], deterministic=True)[0])
-            for agent in sorted(algorithms)
-        ]
+    def decentralized(observations: list[np.ndarray]) -> list[float]:
+        row: list[float] = []
+        for agent in sorted(algorithms):
+            action = algorithms[agent].act(observations[agent][None], deterministic=True)[0]
+            row.extend(np.asarray(action).reshape(-1).tolist())  # one number per Discrete
+        return row
 
     return decentralized
 
@@ -177,7 +179,8 @@ def evaluate(
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     loaded = load_learners(run_dir)
     config, n_agents = loaded.records.config, loaded.records.topology.n_agents
-    env = make_env(config.env, n_agents, config.episode_length)
+    env = make_env(config.env, n_agents, config.episode_length,
+                   env_kwargs=config.env_kwargs, agent_order=config.agent_order)
     policy = joint_policy(loaded.algorithms)
     frames: list[np.ndarray] | None = None
     if gif is not None:

@@ -29,7 +29,12 @@ class Batch:
     observations: np.ndarray
     """Own observations o^i_t, float32 (T, K, obs_dim)."""
     joint_actions: np.ndarray
-    """Joint actions a_t of all agents, int64 (T, K, N) (MATRPO section IV-D)."""
+    """Joint actions a_t of all agents, (T, K, W) (MATRPO section IV-D); agent i's numbers are
+    the columns ``spec.action_columns(i)``. W = N and one number per agent when every action
+    space is ``Discrete``; a ``MultiDiscrete`` agent has one column per component, a ``Box``
+    agent its flattened values. Dtype rule (``EnvSpec.action_dtype``): int64 when every space
+    is discrete, float32 as soon as any agent's space is a Box (integer components are then
+    exact floats). Box values are the agents' unclipped samples; the env clips them."""
     rewards: np.ndarray
     """Own rewards r^i_t, float32 (T, K)."""
     dones: np.ndarray
@@ -144,7 +149,9 @@ class AgentAlgorithm(ABC):
 
     @abstractmethod
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Own actions (int64, shape (K,)) for own observations of shape (K, obs_dim)."""
+        """Own actions for own observations of shape (K, obs_dim): (K,) when the action is one
+        number (int64 for Discrete), else (K, width) (float32 for a Box); the runtime casts them
+        to the joint action dtype."""
 
     @abstractmethod
     def local_update(self, batch: Batch) -> dict[str, float]:

@@ -14,7 +14,7 @@ import numpy as np
 
 from p2pmarl.algos.base import Batch
 from p2pmarl.algos.itrpo import TRPOConfig, TrustRegionAgent
-from p2pmarl.algos.networks import sample_actions
+from p2pmarl.algos.networks import CategoricalPolicy, sample_head
 from p2pmarl.envs.base import EnvSpec
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ def centralized_spec(spec: EnvSpec) -> EnvSpec:
         observation_sizes=(sum(spec.observation_sizes),),
         action_sizes=spec.action_sizes,
         episode_length=spec.episode_length,
+        action_spaces=spec.action_spaces,
     )
 
 
@@ -41,7 +42,7 @@ class CTRPO(TrustRegionAgent):
 
     def __init__(self, spec: EnvSpec, config: TRPOConfig, seed: int) -> None:
         joint = centralized_spec(spec)
-        super().__init__(0, joint, config, seed, head_sizes=spec.action_sizes, acting_head=0)
+        super().__init__(0, joint, config, seed, heads=spec.action_spaces, acting_head=0)
 
     @classmethod
     def from_run_config(
@@ -60,14 +61,22 @@ class CTRPO(TrustRegionAgent):
         return cls(spec, settings, seed)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Joint action (K, N): one draw from every head."""
-        return np.stack(
-            [
-                sample_actions(self.policy, observations, head, self.rng, deterministic)
-                for head in range(self.policy.n_heads)
-            ],
-            axis=1,
-        )
+        """Joint action (K, W): one draw from every head (W = N for Discrete heads)."""
+        heads = range(self.policy.n_heads)
+        if isinstance(self.policy, CategoricalPolicy):
+            return np.stack(
+                [sample_head(self.policy, observations, h, self.rng, deterministic) for h in heads],
+                axis=1,
+            )
+        draws = [
+            sample_head(self.policy, observations, h, self.rng, deterministic).reshape(
+                len(observations), -1
+            )
+            for h in heads
+        ]
+        if any(draw.dtype.kind == "f" for draw in draws):
+            draws = [draw.astype(np.float32) for draw in draws]
+        return np.concatenate(draws, axis=1)
 
     def local_update(self, batch: Batch) -> dict[str, float]:
         """GAE on the team reward, TRPO step on the joint surrogate E[exp(Σ_n ℓ_n)·A]."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import AgentAlgorithm, Batch
-from p2pmarl.algos.networks import CategoricalPolicy, ValueNet, sample_actions
+from p2pmarl.algos.networks import ValueNet, make_policy, sample_head
 from p2pmarl.algos.trpo import (
     ADVANTAGE_NORMALIZATIONS,
     OnPolicyData,
@@ -29,7 +29,7 @@ from p2pmarl.algos.trpo import (
     surrogate_loss,
     trpo_step,
 )
-from p2pmarl.envs.base import EnvSpec
+from p2pmarl.envs.base import ActionSpace, EnvSpec
 
 if TYPE_CHECKING:
     from p2pmarl.config import RunConfig
@@ -105,8 +105,9 @@ class TRPOConfig:
 class TrustRegionAgent(AgentAlgorithm):
     """Shared state of the TRPO-family agents: networks, optimizer, RNG, GAE and value fit.
 
-    The policy maps the agent's own observation o^i to ``head_sizes`` categorical heads and the
-    agent acts with head ``acting_head`` (I-TRPO: one head, its own; MATRPO: N heads, acting
+    The policy maps the agent's own observation o^i to one head per entry of ``heads`` (categorical
+    for Discrete/MultiDiscrete, diagonal Gaussian for Box: :func:`make_policy`) and the agent acts
+    with head ``acting_head`` (I-TRPO: one head, its own; MATRPO: N heads, acting
     with head i). Subclasses implement :meth:`local_update` (and :meth:`peer_phase`).
     """
 
@@ -116,7 +117,7 @@ class TrustRegionAgent(AgentAlgorithm):
         spec: EnvSpec,
         config: TRPOConfig,
         seed: int,
-        head_sizes: Sequence[int],
+        heads: Sequence[ActionSpace],
         acting_head: int,
     ) -> None:
         if not 0 <= agent_id < spec.n_agents:
@@ -131,13 +132,14 @@ class TrustRegionAgent(AgentAlgorithm):
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         observation_size = spec.observation_sizes[agent_id]
-        self.policy = CategoricalPolicy(observation_size, head_sizes, config.hidden)
+        self.policy = make_policy(observation_size, heads, config.hidden)
         self.value_net = ValueNet(observation_size, config.hidden)
         self.value_optimizer = Adam(self.value_net.parameters(), lr=config.value_lr)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
-        """Own actions a^i ~ π^i(·|o^i) from the acting head, int64 (K,)."""
-        return sample_actions(self.policy, observations, self.acting_head, self.rng, deterministic)
+        """Own actions a^i ~ π^i(·|o^i) from the acting head: (K,) for a one-number action
+        (int64 for Discrete), else (K, width) (Box: float32, unclipped)."""
+        return sample_head(self.policy, observations, self.acting_head, self.rng, deterministic)
 
     def prepare(self, batch: Batch) -> OnPolicyData:
         """Own GAE (eqs. (18)-(19)) with the value net before this iteration's fit."""
@@ -170,8 +172,8 @@ class TrustRegionAgent(AgentAlgorithm):
         """One TRPO step on the surrogate Σ_heads mean(exp(log_ratio)·A) (TRPO eq. (14)), or with
         ``joint`` on mean(exp(Σ_heads log_ratio)·A), the ratio of the product policy (C-TRPO).
 
-        ``actions`` is int64 (M, n_heads). Returns the step's statistics and the logits at
-        θ_old, (M, Σ head_sizes).
+        ``actions`` is (M, Σ head widths) (int64 (M, n_heads) for Discrete heads). Returns the
+        step's statistics and the distribution parameters (logits) at θ_old.
         """
         with torch.no_grad():
             old_logits = self.policy(observations)
@@ -245,7 +247,7 @@ class ITRPO(TrustRegionAgent):
             spec,
             config,
             seed,
-            head_sizes=(spec.action_sizes[agent_id],),
+            heads=(spec.action_spaces[agent_id],),
             acting_head=0,
         )
 
@@ -266,7 +268,7 @@ class ITRPO(TrustRegionAgent):
     def local_update(self, batch: Batch) -> dict[str, float]:
         """GAE with own reward, own-statistics normalization, TRPO step on a^i, value fit."""
         data = self.prepare(batch)
-        own_actions = data.joint_actions[:, self.agent_id : self.agent_id + 1]
+        own_actions = data.joint_actions[:, self.spec.action_columns(self.agent_id)]
         stats, old_logits = self.policy_step(data.observations, own_actions, data.advantages)
         value_loss = self.fit_value(data)
         return {

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from p2pmarl.algos.admm import MESSAGE_KINDS, ADMMConfig, normalise_edges, run_admm_phase
 from p2pmarl.algos.base import Batch, Peers
 from p2pmarl.algos.itrpo import TRPOConfig, TrustRegionAgent
-from p2pmarl.algos.networks import CategoricalPolicy, flat_gradient, flat_parameters
+from p2pmarl.algos.networks import Policy, flat_gradient, flat_parameters
 from p2pmarl.algos.trpo import (
     backtracking_line_search,
     make_categorical_fisher_vector_product,
@@ -86,7 +86,7 @@ class TrustRegionSolver:
 
     def __init__(
         self,
-        policy: CategoricalPolicy,
+        policy: Policy,
         observations: Tensor,
         joint_actions: Tensor,
         advantages: Tensor,
@@ -288,7 +288,7 @@ class MATRPO(TrustRegionAgent):
         seed: int,
     ) -> None:
         super().__init__(
-            agent_id, spec, config.trpo, seed, head_sizes=spec.action_sizes, acting_head=agent_id
+            agent_id, spec, config.trpo, seed, heads=spec.action_spaces, acting_head=agent_id
         )
         self.edges = normalise_edges(edges)
         self.matrpo = config

@@ -2,7 +2,9 @@
 
 A :class:`CategoricalPolicy` maps one agent's own observation o^i to one categorical distribution
 per head: I-TRPO has a single head (its own action), MATRPO has N heads, one per agent's action,
-so that π^i(a|o^i) = Π_n π^i(a^n|o^i) (MATRPO section IV).
+so that π^i(a|o^i) = Π_n π^i(a^n|o^i) (MATRPO section IV). A :class:`ProductPolicy` does the same
+for any mix of Discrete, MultiDiscrete and Box (diagonal Gaussian) heads; :func:`make_policy`
+picks between them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from p2pmarl.envs.base import ActionSpace
 
 LAST_LAYER_SCALE = 0.01
 """Scale of the policy's output weights: the initial policy is close to uniform."""
@@ -164,6 +168,256 @@ class CategoricalPolicy(nn.Module):
     def entropy(self, observations: Tensor) -> Tensor:
         """Entropy per head, (n_heads, B)."""
         return self.entropy_from_logits(self(observations))
+
+
+INITIAL_LOG_STD = -0.5
+"""Initial log-std of every Gaussian head, in units of the Box's half-width (std ≈ 0.61 of it)."""
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+class ProductPolicy(nn.Module):
+    """π_θ(a|o) = Π_n π_n(a^n|o) with one head per agent's :class:`~p2pmarl.envs.base.ActionSpace`.
+
+    A discrete head (``Discrete`` or ``MultiDiscrete``) is a product of categoricals, one per
+    component, as in :class:`CategoricalPolicy`. A Box head is a diagonal Gaussian with a
+    state-independent log-std (TRPO, Schulman et al., 2015, section 8): on a finite Box with
+    centre c and half-width h, a = c + h·u with u ~ N(μ_θ(o), diag(exp(2σ))), μ from the
+    network and σ a learned vector; an unbounded dimension has c = 0, h = 1. The sample u is
+    not squashed: the env clips a to the Box, and log π is that of the unclipped a, the density
+    the sample was drawn from.
+
+    :meth:`forward` returns the distribution parameters of all heads, (B, P): the network's
+    outputs (categorical logits and Gaussian means μ, heads in order) followed by σ broadcast
+    to every row, so that the analytic Fisher (:meth:`logit_fisher_product`) covers σ through
+    the same Jacobian. The methods mirror :class:`CategoricalPolicy` (``*_from_logits`` take
+    these parameters); actions are (B, Σ widths), int64 or float32 (integer components as
+    exact floats).
+    """
+
+    def __init__(
+        self,
+        observation_size: int,
+        heads: Sequence[ActionSpace],
+        hidden: Sequence[int] = (128, 128),
+    ) -> None:
+        super().__init__()
+        if not heads:
+            raise ValueError("ProductPolicy needs at least one head (one action space)")
+        self.heads: tuple[ActionSpace, ...] = tuple(heads)
+        self.widths = tuple(space.width for space in self.heads)
+        self.action_offsets: tuple[int, ...] = (0, *itertools.accumulate(self.widths))
+        self.categorical: list[tuple[int, int, int, int]] = []
+        """(head, action column, first logit column, choices) per categorical component."""
+        gaussian_head, gaussian_column, mean_column = [], [], []
+        centre, half_width = [], []
+        column = 0
+        for head, space in enumerate(self.heads):
+            first = self.action_offsets[head]
+            if space.is_box:
+                for d, (low, high) in enumerate(zip(space.low, space.high, strict=True)):
+                    finite = math.isfinite(low) and math.isfinite(high) and high > low
+                    centre.append((low + high) / 2.0 if finite else 0.0)
+                    half_width.append((high - low) / 2.0 if finite else 1.0)
+                    gaussian_head.append(head)
+                    gaussian_column.append(first + d)
+                    mean_column.append(column)
+                    column += 1
+            else:
+                for d, choices in enumerate(space.nvec):
+                    self.categorical.append((head, first + d, column, choices))
+                    column += choices
+        self.n_outputs = column
+        self.n_gaussian = len(mean_column)
+        self.gaussian_heads = tuple(gaussian_head)
+        self.register_buffer("_gaussian_column", torch.tensor(gaussian_column, dtype=torch.long))
+        self.register_buffer("_mean_column", torch.tensor(mean_column, dtype=torch.long))
+        self.register_buffer("centre", torch.tensor(centre, dtype=torch.float32))
+        self.register_buffer("half_width", torch.tensor(half_width, dtype=torch.float32))
+        self.body = mlp(observation_size, self.n_outputs, hidden)
+        last = self.body[-1]
+        assert isinstance(last, nn.Linear)
+        with torch.no_grad():
+            last.weight.mul_(LAST_LAYER_SCALE)
+        self.log_std = nn.Parameter(torch.full((self.n_gaussian,), INITIAL_LOG_STD))
+        self._numpy_forward = NumpyForward(self.body)
+        self._head_dims = {
+            head: np.array([g for g, h in enumerate(gaussian_head) if h == head], dtype=np.int64)
+            for head in set(gaussian_head)
+        }
+        """Gaussian dimensions (indices into μ, σ, centre, half-width) of each Box head."""
+        self._mean_numpy = np.asarray(mean_column, dtype=np.int64)
+        self._centre = np.asarray(centre, dtype=np.float32)
+        self._half_width = np.asarray(half_width, dtype=np.float32)
+
+    @property
+    def n_heads(self) -> int:
+        return len(self.heads)
+
+    def forward(self, observations: Tensor) -> Tensor:
+        """Distribution parameters (B, P): network outputs, then σ on every row."""
+        outputs = self.body(observations)
+        if not self.n_gaussian:
+            return outputs
+        return torch.cat([outputs, self.log_std.expand(outputs.shape[0], -1)], dim=-1)
+
+    def _gaussian(self, parameters: Tensor) -> tuple[Tensor, Tensor]:
+        """(μ, σ), each (B, G), from :meth:`forward`'s output."""
+        return parameters[:, self._mean_column], parameters[:, self.n_outputs :]
+
+    def _per_head(self, per_component: list[tuple[int, Tensor]], like: Tensor) -> Tensor:
+        """Sum (head, (B,)) terms into (n_heads, B)."""
+        totals: list[Tensor] = [like.new_zeros(like.shape[0]) for _ in self.heads]
+        for head, term in per_component:
+            totals[head] = totals[head] + term
+        return torch.stack(totals)
+
+    def _gaussian_terms(self, values: Tensor) -> list[tuple[int, Tensor]]:
+        """(head, (B,)) sums of the per-dimension ``values`` (B, G) over each head's dims."""
+        terms, start = [], 0
+        while start < self.n_gaussian:
+            head = self.gaussian_heads[start]
+            stop = start
+            while stop < self.n_gaussian and self.gaussian_heads[stop] == head:
+                stop += 1
+            terms.append((head, values[:, start:stop].sum(dim=-1)))
+            start = stop
+        return terms
+
+    def log_prob_from_logits(self, parameters: Tensor, actions: Tensor) -> Tensor:
+        """log π(a^n|o) per head, (n_heads, B); Gaussian heads: the density of the unclipped a."""
+        terms = []
+        for head, column, first, choices in self.categorical:
+            log_probs = torch.log_softmax(parameters[:, first : first + choices], dim=-1)
+            index = actions[:, column : column + 1].long()
+            terms.append((head, log_probs.gather(-1, index).squeeze(-1)))
+        if self.n_gaussian:
+            mean, log_std = self._gaussian(parameters)
+            value = actions[:, self._gaussian_column].to(parameters.dtype)
+            u = (value - self.centre) / self.half_width
+            log_density = (
+                -0.5 * ((u - mean) * torch.exp(-log_std)) ** 2
+                - log_std - torch.log(self.half_width) - 0.5 * LOG_2PI
+            )
+            terms.extend(self._gaussian_terms(log_density))
+        return self._per_head(terms, parameters)
+
+    def log_prob(self, observations: Tensor, actions: Tensor) -> Tensor:
+        return self.log_prob_from_logits(self(observations), actions)
+
+    def kl_from_logits(self, old_parameters: Tensor, parameters: Tensor) -> Tensor:
+        """Mean over samples of KL(π_old(·|o) ‖ π(·|o)), summed over heads and components.
+
+        Gaussian dimension: σ − σ_old + (exp(2σ_old) + (μ_old − μ)²)/(2 exp(2σ)) − ½.
+        """
+        old_parameters = old_parameters.detach()
+        total = parameters.new_zeros(())
+        for _, _, first, choices in self.categorical:
+            old = torch.log_softmax(old_parameters[:, first : first + choices], dim=-1)
+            new = torch.log_softmax(parameters[:, first : first + choices], dim=-1)
+            total = total + (old.exp() * (old - new)).sum(dim=-1).mean()
+        if self.n_gaussian:
+            old_mean, old_log_std = self._gaussian(old_parameters)
+            mean, log_std = self._gaussian(parameters)
+            kl = (
+                log_std - old_log_std
+                + (torch.exp(2 * old_log_std) + (old_mean - mean) ** 2)
+                / (2 * torch.exp(2 * log_std))
+                - 0.5
+            )
+            total = total + kl.sum(dim=-1).mean()
+        return total
+
+    def kl(self, observations: Tensor, old_parameters: Tensor) -> Tensor:
+        return self.kl_from_logits(old_parameters, self(observations))
+
+    def logit_fisher_product(self, parameters: Tensor, tangent: Tensor) -> Tensor:
+        """F·t per row, the Hessian of the KL in the distribution parameters at π_old = π:
+        (diag p − p pᵀ)·t per categorical, exp(−2σ)·t for a mean μ, 2·t for a log-std σ."""
+        product = torch.empty_like(tangent)
+        for _, _, first, choices in self.categorical:
+            part = slice(first, first + choices)
+            probabilities = torch.softmax(parameters[:, part], dim=-1)
+            mixed = probabilities * tangent[:, part]
+            product[:, part] = mixed - probabilities * mixed.sum(dim=-1, keepdim=True)
+        if self.n_gaussian:
+            _, log_std = self._gaussian(parameters)
+            product[:, self._mean_column] = tangent[:, self._mean_column] * torch.exp(-2 * log_std)
+            product[:, self.n_outputs :] = 2.0 * tangent[:, self.n_outputs :]
+        return product
+
+    def entropy_from_logits(self, parameters: Tensor) -> Tensor:
+        """Entropy per head, (n_heads, B) (Gaussian: of a, including log h)."""
+        terms = []
+        for head, _, first, choices in self.categorical:
+            log_probs = torch.log_softmax(parameters[:, first : first + choices], dim=-1)
+            terms.append((head, -(log_probs.exp() * log_probs).sum(dim=-1)))
+        if self.n_gaussian:
+            _, log_std = self._gaussian(parameters)
+            terms.extend(self._gaussian_terms(
+                0.5 + 0.5 * LOG_2PI + log_std + torch.log(self.half_width)
+            ))
+        return self._per_head(terms, parameters)
+
+    def entropy(self, observations: Tensor) -> Tensor:
+        return self.entropy_from_logits(self(observations))
+
+    def sample(
+        self,
+        observations: np.ndarray,
+        head: int,
+        rng: np.random.Generator,
+        deterministic: bool = False,
+    ) -> np.ndarray:
+        """Draw head ``head``'s action in numpy, (K, width): int64 for a discrete head (Gumbel-max
+        per component, as :func:`sample_actions`), float32 for a Box (c + h·(μ + exp(σ)·ε),
+        unclipped). ``deterministic`` takes the mode (argmax, or the mean c + h·μ)."""
+        outputs = self._numpy_forward(np.ascontiguousarray(observations, dtype=np.float32))
+        space = self.heads[head]
+        if space.is_box:
+            dims = self._head_dims[head]
+            mean = outputs[:, self._mean_numpy[dims]]
+            if not deterministic:
+                std = np.exp(self.log_std.detach().numpy()[dims])
+                mean = mean + std * rng.standard_normal(size=mean.shape)
+            values = self._centre[dims] + self._half_width[dims] * mean
+            return values.astype(np.float32)
+        columns = []
+        for component_head, _, first, choices in self.categorical:
+            if component_head != head:
+                continue
+            logits = outputs[:, first : first + choices]
+            if not deterministic:
+                logits = logits + rng.gumbel(size=logits.shape)
+            columns.append(logits.argmax(axis=-1))
+        return np.stack(columns, axis=1).astype(np.int64)
+
+
+Policy = CategoricalPolicy | ProductPolicy
+
+
+def make_policy(
+    observation_size: int, heads: Sequence[ActionSpace], hidden: Sequence[int] = (128, 128)
+) -> Policy:
+    """A :class:`CategoricalPolicy` when every head is ``Discrete(n)`` (the built-in envs, with
+    exactly the parameters and numbers as before), a :class:`ProductPolicy` otherwise."""
+    if all(not space.is_box and space.width == 1 for space in heads):
+        return CategoricalPolicy(observation_size, [space.nvec[0] for space in heads], hidden)
+    return ProductPolicy(observation_size, heads, hidden)
+
+
+def sample_head(
+    policy: Policy,
+    observations: np.ndarray,
+    head: int,
+    rng: np.random.Generator,
+    deterministic: bool = False,
+) -> np.ndarray:
+    """One head's actions: (K,) when the head's action is one number (int64 for Discrete,
+    :func:`sample_actions`), else (K, width) (:meth:`ProductPolicy.sample`)."""
+    if isinstance(policy, CategoricalPolicy):
+        return sample_actions(policy, observations, head, rng, deterministic)
+    draws = policy.sample(observations, head, rng, deterministic)
+    return draws[:, 0] if draws.shape[1] == 1 else draws
 
 
 class ValueNet(nn.Module):

@@ -19,7 +19,7 @@ from torch.func import functional_call
 from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import Batch
 from p2pmarl.algos.networks import (
-    CategoricalPolicy,
+    Policy,
     ValueNet,
     flat_gradient,
     flat_parameters,
@@ -172,7 +172,7 @@ def make_fisher_vector_product(
 
 
 def make_categorical_fisher_vector_product(
-    policy: CategoricalPolicy,
+    policy: Policy,
     observations: Tensor,
     damping: float,
 ) -> FisherVectorProduct:
@@ -189,6 +189,11 @@ def make_categorical_fisher_vector_product(
     The graph is built on a snapshot of θ, so the product stays valid while the policy's
     parameters move: MATRPO builds it once per ADMM phase at θ_old and reuses it for every
     θ step of the phase (each restarts from θ_old).
+
+    The same holds for a :class:`~p2pmarl.algos.networks.ProductPolicy`: its "logits" are all
+    distribution parameters (logits, Gaussian means μ and the state-independent log-std σ
+    repeated on every row) and F_z is diagonal in μ (exp(−2σ)) and σ (2); J maps θ's σ vector
+    to every row, so Jᵀ F_z J sums the rows' σ blocks, the Hessian of the mean KL in σ.
     """
     names = [name for name, _ in policy.named_parameters()]
     snapshot = [
@@ -415,7 +420,8 @@ class OnPolicyData:
     observations: Tensor
     """Own observations o^i_m, float32 (M, obs_dim)."""
     joint_actions: Tensor
-    """Joint actions a_m, int64 (M, N)."""
+    """Joint actions a_m, (M, W): int64, or float32 when any action space is a Box (see
+    :class:`~p2pmarl.algos.base.Batch`)."""
     advantages: Tensor
     """Own GAE advantages normalized with own statistics (:func:`normalize`), float32 (M,)."""
     returns: Tensor
@@ -478,9 +484,12 @@ def prepare_on_policy_data(
     )
     observations = batch.observations.reshape(batch.n_samples, -1)
     joint_actions = batch.joint_actions.reshape(batch.n_samples, -1)
+    integer = joint_actions.dtype.kind in "iu"  # float32 when any action space is a Box
     return OnPolicyData(
         observations=torch.as_tensor(observations, dtype=torch.float32),
-        joint_actions=torch.as_tensor(joint_actions, dtype=torch.int64),
+        joint_actions=torch.as_tensor(
+            joint_actions, dtype=torch.int64 if integer else torch.float32
+        ),
         advantages=torch.from_numpy(
             normalize(advantages.reshape(-1), mode=normalization)
         ),

@@ -3,6 +3,8 @@
 ``make_env(name, n_agents=None, episode_length=None)`` builds one environment copy;
 ``env_spec(...)`` returns its :class:`~p2pmarl.envs.base.EnvSpec` without building anything.
 ``n_agents=None`` means the family's default, ``episode_length=None`` the paper's 100 steps.
+A name with ``:`` or ``.`` is an import path to any PettingZoo Parallel env
+(:mod:`p2pmarl.envs.pettingzoo`), configured by ``env_kwargs`` and ``agent_order``.
 See docs/environments.md for every environment's agents, observations and rewards.
 """
 
@@ -12,7 +14,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p2pmarl.envs import spread, tag, treasure
+from p2pmarl.envs import pettingzoo, spread, tag, treasure
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
 
 DEFAULT_EPISODE_LENGTH = 100
@@ -100,17 +102,59 @@ def _as_int(value: object, what: str) -> int:
 
 
 def make_env(
-    name: str, n_agents: int | None = None, episode_length: int | None = None
+    name: str,
+    n_agents: int | None = None,
+    episode_length: int | None = None,
+    *,
+    env_kwargs: str | None = None,
+    agent_order: str | None = None,
 ) -> MultiAgentEnv:
-    """Build one copy of environment ``name`` (see :data:`ENVIRONMENTS`)."""
+    """Build one copy of environment ``name`` (see :data:`ENVIRONMENTS`, or an import path)."""
+    if pettingzoo.is_import_path(name):
+        n, length = _resolve_import_path(name, n_agents, episode_length)
+        return pettingzoo.make_pettingzoo(name, n, length, env_kwargs, agent_order)
+    _refuse_import_options(name, env_kwargs, agent_order)
     family, n, length = _resolve(name, n_agents, episode_length)
     return family.build(n, length)
 
 
-def env_spec(name: str, n_agents: int | None = None, episode_length: int | None = None) -> EnvSpec:
+def env_spec(
+    name: str,
+    n_agents: int | None = None,
+    episode_length: int | None = None,
+    *,
+    env_kwargs: str | None = None,
+    agent_order: str | None = None,
+) -> EnvSpec:
     """The :class:`EnvSpec` that :func:`make_env` with the same arguments would have."""
+    if pettingzoo.is_import_path(name):
+        n, length = _resolve_import_path(name, n_agents, episode_length)
+        return pettingzoo.pettingzoo_spec(name, n, length, env_kwargs, agent_order)
+    _refuse_import_options(name, env_kwargs, agent_order)
     family, n, length = _resolve(name, n_agents, episode_length)
     return family.spec(n, length)
+
+
+def _resolve_import_path(
+    name: str, n_agents: int | None, episode_length: int | None
+) -> tuple[int | None, int]:
+    n = None if n_agents is None else _as_int(n_agents, "n_agents")
+    length = (
+        DEFAULT_EPISODE_LENGTH
+        if episode_length is None
+        else _as_int(episode_length, "episode_length")
+    )
+    if length < 1:
+        raise ValueError(f"{name}: episode_length must be >= 1, got {length}")
+    return n, length
+
+
+def _refuse_import_options(name: str, env_kwargs: str | None, agent_order: str | None) -> None:
+    if env_kwargs or agent_order:
+        raise ValueError(
+            f"env_kwargs and agent_order apply only to an env given by import path "
+            f"(MODULE:FACTORY), not to the built-in {name!r}"
+        )
 
 
 __all__ = [

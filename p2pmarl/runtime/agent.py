@@ -88,9 +88,10 @@ class Rollout:
         self, world: WorldClient, algorithm: AgentAlgorithm, first: Message, iteration: int
     ) -> Batch:
         """Answer the world's step messages of one rollout (see ``world.World._rollout``)."""
-        T, K, N = self.config.rollout_length, self.config.n_envs, self.spec.n_agents
+        T, K, W = self.config.rollout_length, self.config.n_envs, self.spec.joint_action_width
+        action_dtype = self.spec.action_dtype  # int64, or float32 with a Box (Batch docstring)
         observations = np.empty((T + 1, K, self.observation_size), dtype=np.float32)
-        joint_actions = np.empty((T, K, N), dtype=np.int64)
+        joint_actions = np.empty((T, K, W), dtype=action_dtype)
         rewards = np.empty((T, K), dtype=np.float32)
         dones = np.empty((T, K), dtype=bool)
         message = first
@@ -110,7 +111,8 @@ class Rollout:
                 if t < T:
                     actions = algorithm.act(observations[t, rows.start : rows.stop])
                     world.send("act", iteration, {
-                        "actions": actions.astype(np.int64, copy=False), "t": t, "group": group,
+                        "actions": actions.astype(action_dtype, copy=False), "t": t,
+                        "group": group,
                     })
                 message = None
         return Batch(
@@ -137,8 +139,9 @@ class Rollout:
     def _outcome(
         self, message: Message, K: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        N = self.spec.n_agents
-        joint = require_array(message.body, "joint_action", shape=(K, N), dtype="<i8")
+        N, W = self.spec.n_agents, self.spec.joint_action_width
+        dtype = self.spec.action_dtype.newbyteorder("<").str
+        joint = require_array(message.body, "joint_action", shape=(K, W), dtype=dtype)
         reward_shape = (K, N) if self.centralized else (K,)
         reward = require_array(message.body, "reward", shape=reward_shape, dtype="<f4")
         done = require_array(message.body, "done", shape=(K,), dtype="|b1")
@@ -177,7 +180,10 @@ class AgentProcess:
         """0 for the first process of this agent, n after the n-th restart (faults: crash)."""
         self.config = read_run_config(run_dir.root)
         self.topology: Topology = load_topology(run_dir.topology)
-        self.spec = env_spec(self.config.env, self.topology.n_agents, self.config.episode_length)
+        self.spec = env_spec(
+            self.config.env, self.topology.n_agents, self.config.episode_length,
+            env_kwargs=self.config.env_kwargs, agent_order=self.config.agent_order,
+        )
         _, seeds = process_seeds(self.config.seed, self.topology.n_agents)
         self.algorithm = make_algorithm(
             self.config.algo, agent_id, self.spec, self.topology, self.config, seeds[agent_id]

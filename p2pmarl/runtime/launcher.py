@@ -38,6 +38,7 @@ from p2pmarl.runtime.crashes import CrashPlan
 from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
 from p2pmarl.runtime.summary import build_summary
+from p2pmarl.runtime.tensorboard import TensorBoardExporter
 from p2pmarl.runtime.transport import KEYS_DIR, agent_key_file, public_keys_file
 from p2pmarl.topology import Topology, load_topology
 
@@ -130,7 +131,8 @@ def load_checked_topology(config: RunConfig) -> Topology:
         config.topology, require_connected=algorithm.needs_connected_graph
     )
     try:
-        env_spec(config.env, topology.n_agents, config.episode_length)
+        env_spec(config.env, topology.n_agents, config.episode_length,
+                 env_kwargs=config.env_kwargs, agent_order=config.agent_order)
     except ValueError as error:
         raise ConfigError(
             f"topology {config.topology} has {topology.n_agents} agents, which environment "
@@ -141,7 +143,8 @@ def load_checked_topology(config: RunConfig) -> Topology:
 
 def new_run_dir(config: RunConfig) -> RunDir:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = Path(config.out) / f"{stamp}-{config.algo}-{config.env}-s{config.seed}"
+    env = config.env.replace(":", "-").replace("/", "-")  # an import path (issue 16)
+    base = Path(config.out) / f"{stamp}-{config.algo}-{env}-s{config.seed}"
     root, suffix = base, 1
     while root.exists():
         suffix += 1
@@ -423,12 +426,19 @@ def launch(
     launcher = Launcher(run_dir, config, learners, start, CrashPlan(fault_spec))
     view = ProgressView(run_dir, config, learners, start, enabled=show_progress)
     view.ended = launcher.crash_plan.ended
+    exporter = TensorBoardExporter(run_dir, learners) if config.tensorboard else None
+
+    def on_poll() -> None:
+        view.update()
+        if exporter is not None:
+            exporter.update()
+
     started = time.monotonic()
     messages: list[str] = []
     try:
         launcher.spawn()
         with view:
-            status, culprit = launcher.watch(view.update)
+            status, culprit = launcher.watch(on_poll)
             if status == "completed":
                 culprit = launcher.wait_agents(FINISH_GRACE)
                 status = "failed" if culprit else status
@@ -439,6 +449,8 @@ def launch(
     finally:
         launcher.stop_all()
         shutil.rmtree(socket_dir, ignore_errors=True)
+        if exporter is not None:
+            exporter.close()
     if culprit is not None:
         messages.append(launcher.describe_failure(culprit))
     summary = build_summary(

@@ -32,7 +32,9 @@ from p2pmarl.runtime.world_link import (
 
 FALLBACK_ACTION = 0
 """The action applied for an agent whose process is lost: 0, the no-op of the MPE action spaces
-(the agent's body coasts to a stop under damping) until it rejoins."""
+(the agent's body coasts to a stop under damping) until it rejoins. On a Box action space it is
+the Box's midpoint instead, on a MultiDiscrete space 0 in every component
+(:meth:`~p2pmarl.envs.base.ActionSpace.fallback`)."""
 
 
 class AllAgentsLost(LinkTimeout):
@@ -69,7 +71,9 @@ class VectorWorld:
             self.spec: EnvSpec = self.batched.spec
             return
         self.envs = [
-            make_env(config.env, n_agents, config.episode_length) for _ in range(config.n_envs)
+            make_env(config.env, n_agents, config.episode_length, env_kwargs=config.env_kwargs,
+                     agent_order=config.agent_order)
+            for _ in range(config.n_envs)
         ]
         self.spec = self.envs[0].spec
         self.observations = [env.reset(s) for env, s in zip(self.envs, seeds, strict=True)]
@@ -79,7 +83,7 @@ class VectorWorld:
         if self.batched is not None:
             rewards, dones = self.batched.step(rows, joint_actions)
             return StepResult(rewards, dones, joint_actions)
-        n_agents = joint_actions.shape[1]
+        n_agents = self.spec.n_agents  # joint rows are W wide, W ≥ N (MultiDiscrete, Box)
         rewards = np.zeros((len(rows), n_agents), dtype=np.float32)
         dones = np.zeros(len(rows), dtype=bool)
         for index, k in enumerate(rows):
@@ -240,23 +244,34 @@ class World:
                 )
         if self.centralized:
             return self._check_actions(range(self.n_agents), len(rows), replies[0])
-        joint = np.full((len(rows), self.n_agents), FALLBACK_ACTION, dtype=np.int64)
+        spec = self.vector.spec
+        joint = spec.fallback_joint_action(len(rows))  # FALLBACK_ACTION for who did not answer
         for agent, message in replies.items():
-            joint[:, agent] = self._check_actions([agent], len(rows), message)[:, 0]
+            joint[:, spec.action_columns(agent)] = self._check_actions([agent], len(rows), message)
         return joint
 
     def _check_actions(
         self, agents: Sequence[int], n_rows: int, message: Message
     ) -> np.ndarray:
-        """Validate a learner's actions for ``agents``; a bad reply is a protocol error."""
-        shape = (n_rows, len(agents)) if self.centralized else (n_rows,)
-        actions = require_array(message.body, "actions", shape=shape, dtype="<i8")
-        actions = actions.reshape(n_rows, len(agents))
-        limits = np.array([self.vector.spec.action_sizes[a] for a in agents])
-        if actions.min() < 0 or (actions >= limits).any():
-            raise CodecError(
-                "bad_action", f"learner {message.sender} sent actions outside the action space"
-            )
+        """Validate a learner's actions for ``agents``; a bad reply is a protocol error.
+
+        A learner sends (rows, width) numbers in the joint dtype (``EnvSpec.action_dtype``), or
+        (rows,) when that is one number per row; the centralized learner sends whole joint rows.
+        """
+        spec = self.vector.spec
+        width = sum(spec.action_spaces[a].width for a in agents)
+        shape = (n_rows, width) if self.centralized or width > 1 else (n_rows,)
+        dtype = spec.action_dtype.newbyteorder("<").str
+        actions = require_array(message.body, "actions", shape=shape, dtype=dtype)
+        actions = actions.reshape(n_rows, width)
+        start = 0
+        for agent in agents:
+            space = spec.action_spaces[agent]
+            if space.invalid(actions[:, start : start + space.width]):
+                raise CodecError(
+                    "bad_action", f"learner {message.sender} sent actions outside the action space"
+                )
+            start += space.width
         return actions
 
     def close(self) -> None:
