@@ -41,6 +41,12 @@ _FLAG_HELP = {
     "phase_timeout": "seconds the world waits for agents to finish learning",
     "faults": "fault spec file of injected link failures (docs/faults.md)",
     "drop": "probability that any peer message is lost (replaces the spec's drop)",
+    "happo_order": "HATRPO/HAPPO update order: random, or ring (ring/path topologies only)",
+    "token_timeout": "HATRPO/HAPPO: seconds per earlier position before a token counts as lost",
+    "ppo_epochs": "HAPPO: passes over the batch per policy update",
+    "ppo_minibatches": "HAPPO: minibatches per pass",
+    "ppo_lr": "HAPPO: Adam learning rate of the policy",
+    "ppo_clip": "HAPPO: clip ε of the probability ratio",
 }
 
 

@@ -78,6 +78,21 @@ class RunConfig:
     """Fault spec file (YAML/JSON) of injected link failures, see docs/faults.md (None: none)."""
     drop: float | None = None
     """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
+    # issue 9: HATRPO / HAPPO token phase and PPO step
+    happo_order: str = "random"
+    """HATRPO/HAPPO update order: ``random`` (uniform permutation per iteration) or ``ring``
+    (random start and direction along a ring or path topology: every hand-over is one hop)."""
+    token_timeout: float = 30.0
+    """HATRPO/HAPPO: seconds allowed per earlier position in the order; agent i_m gives up waiting
+    for its token m times this after entering the peer phase and updates with factor 1."""
+    ppo_epochs: int = 5
+    """HAPPO: passes over the batch per policy update (HARL MPE: 5)."""
+    ppo_minibatches: int = 1
+    """HAPPO: minibatches per pass (HARL MPE: 1)."""
+    ppo_lr: float = 5e-4
+    """HAPPO: Adam learning rate of the policy (HARL MPE: 5e-4)."""
+    ppo_clip: float = 0.2
+    """HAPPO: clip ε of the ratio (HARL MPE: 0.2)."""
 
     @property
     def rollout_length(self) -> int:
@@ -119,6 +134,18 @@ class RunConfig:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
         if self.drop is not None and not 0 <= self.drop < 1:
             raise ConfigError(f"drop must be a probability in [0, 1), got {self.drop}")
+        # issue 9: HATRPO / HAPPO
+        if self.happo_order not in ("random", "ring"):
+            raise ConfigError(f"happo_order must be 'random' or 'ring', got {self.happo_order!r}")
+        if not self.token_timeout > 0:
+            raise ConfigError(f"token_timeout must be > 0 seconds, got {self.token_timeout}")
+        for name in ("ppo_epochs", "ppo_minibatches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.ppo_lr > 0:
+            raise ConfigError(f"ppo_lr must be > 0, got {self.ppo_lr}")
+        if not 0 < self.ppo_clip < 1:
+            raise ConfigError(f"ppo_clip must be in (0, 1), got {self.ppo_clip}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
