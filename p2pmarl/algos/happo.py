@@ -33,7 +33,7 @@ from torch import Tensor
 from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import Batch, Peers
 from p2pmarl.algos.itrpo import TRPOConfig, TrustRegionAgent
-from p2pmarl.algos.token import TOKEN, TokenConfig, TokenRelay
+from p2pmarl.algos.token import TOKEN, TokenConfig, TokenRelay, ring_sequence
 from p2pmarl.algos.trpo import OnPolicyData
 from p2pmarl.envs.base import EnvSpec
 
@@ -153,6 +153,17 @@ class SequentialAgent(TrustRegionAgent):
         )
         return cls(agent_id, spec, list(topology.edges), settings, seed)
 
+    @classmethod
+    def check_run(cls, topology: Topology, config: RunConfig) -> None:
+        """``--happo-order ring`` needs a ring or path topology."""
+        from p2pmarl.config import ConfigError
+
+        if config.happo_order == "ring":
+            try:
+                ring_sequence(topology.n_agents, topology.edges)
+            except ValueError as error:
+                raise ConfigError(f"topology {config.topology}: {error}") from error
+
     @property
     def own_actions(self) -> Tensor:
         """a^i of every sample, int64 (M, 1)."""
@@ -265,7 +276,10 @@ class HAPPO(SequentialAgent):
                     ratio = torch.exp(log_prob - old_log_prob[index])
                     clipped_fraction += float(((ratio - 1.0).abs() > ppo.clip).float().mean())
                 steps += 1
-        return {"train/clip_fraction": clipped_fraction / steps, "train/policy_loss": float(loss)}
+        return {
+            "train/clip_fraction": clipped_fraction / steps,
+            "train/policy_loss": float(loss.detach()),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Also the policy's Adam state."""
