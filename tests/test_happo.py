@@ -471,3 +471,20 @@ def test_only_tokens_cross_the_wire_in_a_real_run(algo, tmp_path, monkeypatch,
             assert row["shapes"] == {"log_ratio_sum": [32]}
             tokens[sender] += 1
     assert sum(tokens.values()) > 3 * 3  # more than N−1 per iteration: some were relayed
+
+
+def test_bad_token_settings_are_refused_before_any_process_starts():
+    from p2pmarl.config import ConfigError, RunConfig
+    from p2pmarl.runtime.launcher import load_checked_topology
+
+    config = RunConfig(topology=str(REPO / "topologies/complete6.yaml"), env="spread-shared",
+                       algo="happo", happo_order="ring")
+    with pytest.raises(ConfigError, match=r"complete6\.yaml.*needs a ring or a path.*random"):
+        load_checked_topology(config)
+    ring6 = RunConfig(topology=str(REPO / "topologies/ring6.yaml"), env="spread-shared",
+                      algo="hatrpo", happo_order="ring")
+    assert load_checked_topology(ring6).n_agents == 6
+    for field, value in (("happo_order", "spiral"), ("token_timeout", 0.0), ("ppo_clip", 1.5),
+                         ("ppo_epochs", 0)):
+        with pytest.raises(ConfigError, match=field):
+            RunConfig(**{field: value}).validate()
