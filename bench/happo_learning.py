@@ -29,7 +29,7 @@ def run_one(algo: str, seed: int, args: argparse.Namespace) -> dict:
     config = RunConfig(
         topology=topology("ring3"), env="spread-shared", algo=algo, iterations=args.iterations,
         steps_per_iteration=args.steps, n_envs=10, episode_length=100, seed=seed,
-        out=str(args.out / "runs"),
+        max_kl=args.max_kl, out=str(args.out / "runs"),
     ).validate()
     result = launch(config, show_progress=False)
     failure = launch_failure(result)
@@ -111,6 +111,7 @@ def main() -> int:
     parser.add_argument("--algos", nargs="+", default=list(ALGORITHMS), choices=ALGORITHMS)
     parser.add_argument("--out", type=Path, default=RESULTS / "happo_learning")
     parser.add_argument("--plot", type=Path)
+    parser.add_argument("--max-kl", type=float, help="trust region for every algorithm run")
     args = parser.parse_args()
     results = []
     for seed in args.seeds:
@@ -123,7 +124,7 @@ def main() -> int:
     failed = [r for r in results if r["status"] != "ok"]
     return emit("happo_learning", {
         "status": "ok" if not failed else "failed",
-        "env_steps_per_run": args.iterations * args.steps,
+        "env_steps_per_run": args.iterations * args.steps, "max_kl": args.max_kl,
         "table": rows, "targets": targets(rows), "runs": results,
     }, args.out)
 
