@@ -25,6 +25,16 @@ COLOURS = {"happo": "tab:red", "hatrpo": "tab:purple", "itrpo": "tab:orange",
            "matrpo": "tab:blue", "ctrpo": "tab:green"}
 
 
+def ablate_factor() -> None:
+    """Make every HATRPO/HAPPO agent ignore the token: exp(S) is replaced by 1. The launcher
+    forks the agent processes from this one, so they inherit the patch."""
+    import torch
+
+    from p2pmarl.algos import happo
+
+    happo.hand_on_factor = lambda log_ratio_sum: torch.ones(len(log_ratio_sum))
+
+
 def run_one(algo: str, seed: int, args: argparse.Namespace) -> dict:
     config = RunConfig(
         topology=topology("ring3"), env="spread-shared", algo=algo, iterations=args.iterations,
@@ -112,7 +122,11 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS / "happo_learning")
     parser.add_argument("--plot", type=Path)
     parser.add_argument("--max-kl", type=float, help="trust region for every algorithm run")
+    parser.add_argument("--no-factor", action="store_true",
+                        help="ablation: HATRPO/HAPPO use factor 1 (independent TRPO/PPO updates)")
     args = parser.parse_args()
+    if args.no_factor:
+        ablate_factor()
     results = []
     for seed in args.seeds:
         for algo in args.algos:
@@ -125,6 +139,7 @@ def main() -> int:
     return emit("happo_learning", {
         "status": "ok" if not failed else "failed",
         "env_steps_per_run": args.iterations * args.steps, "max_kl": args.max_kl,
+        "no_factor": args.no_factor,
         "table": rows, "targets": targets(rows), "runs": results,
     }, args.out)
 
