@@ -7,6 +7,7 @@ check the multi-process runs.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import subprocess
@@ -308,7 +309,7 @@ class ScriptedPeers:
 
 def token_body(**changes):
     body = {"log_ratio_sum": np.ones(8, np.float32), "iteration": 0, "position": 1,
-            "fingerprint": "abc", "hops": 1}
+            "fingerprint": "abc", "hops": 1, "lost": []}
     return {**body, **changes}
 
 
@@ -488,3 +489,31 @@ def test_bad_token_settings_are_refused_before_any_process_starts():
                          ("ppo_epochs", 0)):
         with pytest.raises(ConfigError, match=field):
             RunConfig(**{field: value}).validate()
+
+
+def test_agents_far_from_a_crash_learn_of_it_from_the_token_and_route_around_it():
+    """Ring of 6, agent 3 crashed: only its neighbours 2 and 4 see it down. After a few
+    iterations the others know from the tokens' ``lost`` lists, so a later iteration whose
+    fault-free routes ran through agent 3 loses no token and every agent gets the reference
+    factor of the order without agent 3."""
+    n, edges, crashed = 6, ring(6), 3
+    config = settings(timeout=1.0)
+    relays = [TokenRelay(i, n, edges, config.token) for i in range(n)]
+    later = next(k for k in range(3, 60) if relays[crashed].expected_relays(relays[0].order(k)))
+    agents = make_agents("happo", edges, n, config)
+    for iteration in range(3):
+        started = time.monotonic()
+        run_threads(agents, edges, n, iteration=iteration, down={crashed})
+        assert time.monotonic() - started < n * 1.0 + 10
+    assert all(agents[i].relay.lost == {crashed} for i in range(n) if i != crashed)
+    reference = make_agents("happo", edges, n, config)
+    for agent in reference:  # the agents' state after the warm-up iterations
+        agent.load_state_dict(copy.deepcopy(agents[agent.agent_id].state_dict()))
+    seen = spy_on_factors(agents)
+    results, _, _ = run_threads(agents, edges, n, iteration=later, down={crashed})
+    assert all(results[i]["token/lost"] == 0 for i in results)
+    assert sum(results[i]["token/relayed"] for i in results) >= 1
+    order = [a for a in relays[0].order(later) if a != crashed]
+    expected = reference_factors(reference, order)
+    for agent_id in order:
+        np.testing.assert_array_equal(seen[agent_id], expected[agent_id])

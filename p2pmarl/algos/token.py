@@ -17,15 +17,19 @@ agents i_1:n; for m = 1..n update π^{i_m}") need no coordinator:
 * **Faults** (:class:`TokenRelay`): agent i_m waits for its token at most ``m·hand_over_timeout``
   seconds after it entered the phase; then it records ``token_lost``, updates with what it has (an
   empty sum: factor 1) and the order goes on. A neighbour the network layer reports lost
-  (``Peers.down``) is skipped as a destination and avoided as a relay. An agent stays in the phase
-  until its own token has left and every hand-over whose route runs through it has passed (or is
-  past its deadline), so one phase lasts at most ``N·hand_over_timeout`` plus the agent's update.
+  (``Peers.down``) is skipped as a destination and avoided as a relay, and the token carries the
+  ids of the agents its handlers believe lost, so that agents far from a crash learn of it and
+  route around it in later hand-overs (:meth:`TokenRelay.refresh_lost`). An agent stays in the
+  phase until its own token has left and every hand-over whose route runs through it has passed
+  (or is past its deadline), so one phase lasts at most ``N·hand_over_timeout`` plus the agent's
+  update.
 
 Nothing here knows what the token's payload means; the variant supplies the update.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from collections import deque
@@ -41,9 +45,12 @@ logger = logging.getLogger(__name__)
 
 TOKEN = "token"
 """Message kind of a token."""
-TOKEN_FIELDS = frozenset({"log_ratio_sum", "iteration", "position", "fingerprint", "hops"})
+TOKEN_FIELDS = frozenset(
+    {"log_ratio_sum", "iteration", "position", "fingerprint", "hops", "lost"}
+)
 """The whole content of a token: the payload, its iteration, the position of its destination in
-the order, the batch fingerprint and how many links it has crossed so far."""
+the order, the batch fingerprint, how many links it has crossed so far and the ids of the agents
+its handlers believe lost (routing metadata, see :meth:`TokenRelay.refresh_lost`)."""
 ORDER_MODES = ("random", "ring")
 """``--happo-order`` values."""
 LIVENESS_POLL_SECONDS = 0.2
@@ -264,8 +271,26 @@ class TokenRelay:
         self.edges = [tuple(edge) for edge in edges]
         self.graph = adjacency(n_agents, self.edges)
         self.config = config
+        self.lost: set[int] = set()
+        """Agents this agent believes lost (crashed): skipped by the order, avoided by routes."""
         if config.order == "ring":
             ring_sequence(n_agents, self.edges)
+
+    def refresh_lost(
+        self, peers: Peers, reported: Iterable[int] = (), sender: int | None = None
+    ) -> None:
+        """Update the belief of which agents are lost from a token's ``lost`` list.
+
+        The newest token is the freshest view of the agents far away, so its list replaces the
+        belief about non-neighbours; neighbours are judged by the network layer
+        (``Peers.down``) alone, and the token's sender is alive. A restarted agent thus drops
+        out of the belief as soon as a token passes one of its neighbours.
+        """
+        down = set(peers.down())
+        alive_neighbours = set(self.graph[self.agent_id]) - down
+        self.lost = (set(reported) | down) - alive_neighbours - {self.agent_id}
+        if sender is not None:
+            self.lost.discard(sender)
 
     def order(self, iteration: int) -> tuple[int, ...]:
         """i_1..i_N of ``iteration`` (:func:`update_order`)."""
@@ -273,11 +298,12 @@ class TokenRelay:
                             iteration)
 
     def expected_relays(self, order: Sequence[int]) -> list[int]:
-        """Destination positions of the hand-overs whose fault-free route passes through this
-        agent (as an intermediate hop)."""
+        """Destination positions of the hand-overs whose route passes through this agent (as an
+        intermediate hop), between consecutive agents of the order not believed lost."""
+        alive = [position for position, agent in enumerate(order) if agent not in self.lost]
         relays = []
-        for destination in range(1, len(order)):
-            path = shortest_path(self.graph, order[destination - 1], order[destination])
+        for source, destination in itertools.pairwise(alive):
+            path = shortest_path(self.graph, order[source], order[destination], avoid=self.lost)
             if path is not None and self.agent_id in path[1:-1]:
                 relays.append(destination)
         return relays
@@ -291,6 +317,7 @@ class TokenRelay:
         and after a lost token), and returns this agent's own term; S + term goes to the next.
         """
         order = self.order(peers.iteration)
+        self.refresh_lost(peers, self.lost)
         state = _PhaseState(order=order, position=order.index(self.agent_id),
                             fingerprint=fingerprint, n_samples=n_samples,
                             started=time.monotonic())
@@ -298,11 +325,12 @@ class TokenRelay:
         state.pending_relays = {
             d: state.started + (d + 1) * timeout for d in self.expected_relays(order)
         }
-        if state.position > 0:
+        first = all(agent in self.lost for agent in order[: state.position])
+        if not first:
             self._serve(peers, state, state.started + state.position * timeout,
                         lambda: state.own is not None or state.highest_seen > state.position)
         waited = time.monotonic() - state.started
-        lost = state.position > 0 and state.own is None
+        lost = not first and state.own is None
         if lost:
             logger.warning("agent %d: no token for position %d of iteration %d within %.1f s; "
                            "updating with factor 1", self.agent_id, state.position,
@@ -317,7 +345,7 @@ class TokenRelay:
         self._forward(peers, state.order, {
             "log_ratio_sum": (received + term).astype(np.float32),
             "iteration": peers.iteration, "position": state.position + 1,
-            "fingerprint": fingerprint, "hops": 0,
+            "fingerprint": fingerprint, "hops": 0, "lost": [],
         })
         relay_started = time.monotonic()
         self._serve(peers, state, max(state.pending_relays.values(), default=0.0),
@@ -356,6 +384,14 @@ class TokenRelay:
             logger.error("agent %d: token from %d with position %r rejected", self.agent_id,
                          message.sender, position)
             return
+        reported = message.body.get("lost")
+        if not (isinstance(reported, list)
+                and all(isinstance(a, int) and 0 <= a < self.n_agents for a in reported)):
+            state.rejected += 1
+            logger.error("agent %d: token from %d with lost=%r rejected", self.agent_id,
+                         message.sender, reported)
+            return
+        self.refresh_lost(peers, reported, message.sender)
         state.highest_seen = max(state.highest_seen, position)
         state.pending_relays.pop(position, None)
         if state.order[position] != self.agent_id:
@@ -388,19 +424,20 @@ class TokenRelay:
 
         Returns the position when skipping made this agent the destination (nothing is sent).
         """
-        down = peers.down()
+        self.refresh_lost(peers, self.lost)
         position = int(body["position"])
         while position < len(order):
             destination = order[position]
             if destination == self.agent_id:
                 return position
-            if destination not in down:
-                path = shortest_path(self.graph, self.agent_id, destination, avoid=down)
+            if destination not in self.lost:
+                path = shortest_path(self.graph, self.agent_id, destination, avoid=self.lost)
                 if path is not None:
                     peers.send(path[1], TOKEN, {**body, "position": position,
-                                                "hops": int(body["hops"]) + 1})
+                                                "hops": int(body["hops"]) + 1,
+                                                "lost": sorted(self.lost)})
                     return None
-            logger.warning("agent %d: skipping position %d (agent %d down or unreachable)",
+            logger.info("agent %d: skipping position %d (agent %d lost or unreachable)",
                            self.agent_id, position, destination)
             position += 1
         return None
