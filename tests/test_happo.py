@@ -391,7 +391,9 @@ def iteration_rows(run: Path, agent: int) -> list[dict]:
     return [row for row in map(json.loads, lines) if "iteration" in row]
 
 
-@pytest.mark.parametrize("algo", sorted(ALGORITHMS))
+@pytest.mark.parametrize(
+    "algo", [pytest.param("hatrpo", marks=pytest.mark.slow), "happo"]
+)  # HATRPO's in-process numbers are pinned by the reference test; its launch twice is slow
 def test_seeded_launches_are_reproducible(algo, no_leaked_processes):
     topology = str(REPO / "topologies/line4.yaml")
     runs = [launch("--algo", algo, "--topology", topology, "--iterations", "2", "--seed", "7",
