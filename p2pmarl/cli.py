@@ -47,6 +47,12 @@ _FLAG_HELP = {
     "env_kwargs": "JSON keyword arguments for an --env given as MODULE:FACTORY",
     "agent_order": "comma-separated agent names of an import-path env, in graph-node order",
     "tensorboard": "also write TensorBoard scalars to RUN_DIR/tensorboard/agent-I/",
+    "happo_order": "HATRPO/HAPPO update order: random, or ring (ring/path topologies only)",
+    "token_timeout": "HATRPO/HAPPO: seconds per earlier position before a token counts as lost",
+    "ppo_epochs": "HAPPO: passes over the batch per policy update",
+    "ppo_minibatches": "HAPPO: minibatches per pass",
+    "ppo_lr": "HAPPO: Adam learning rate of the policy",
+    "ppo_clip": "HAPPO: clip ε of the probability ratio",
 }
 
 

@@ -99,6 +99,21 @@ class RunConfig:
     tensorboard: bool = False
     """Also write every agent's scalars to ``RUN_DIR/tensorboard/agent-I/`` as the run goes
     (needs the ``tensorboard`` extra: tensorboardX)."""
+    # issue 9: HATRPO / HAPPO token phase and PPO step
+    happo_order: str = "random"
+    """HATRPO/HAPPO update order: ``random`` (uniform permutation per iteration) or ``ring``
+    (random start and direction along a ring or path topology: every hand-over is one hop)."""
+    token_timeout: float = 30.0
+    """HATRPO/HAPPO: seconds allowed per earlier position in the order; agent i_m gives up waiting
+    for its token m times this after entering the peer phase and updates with factor 1."""
+    ppo_epochs: int = 5
+    """HAPPO: passes over the batch per policy update (HARL MPE: 5)."""
+    ppo_minibatches: int = 1
+    """HAPPO: minibatches per pass (HARL MPE: 1)."""
+    ppo_lr: float = 5e-4
+    """HAPPO: Adam learning rate of the policy (HARL MPE: 5e-4)."""
+    ppo_clip: float = 0.2
+    """HAPPO: clip ε of the ratio (HARL MPE: 0.2)."""
 
     @property
     def rollout_length(self) -> int:
@@ -158,6 +173,18 @@ class RunConfig:
                 parse_env_kwargs(self.env_kwargs)
             except ValueError as error:
                 raise ConfigError(str(error)) from None
+        # issue 9: HATRPO / HAPPO
+        if self.happo_order not in ("random", "ring"):
+            raise ConfigError(f"happo_order must be 'random' or 'ring', got {self.happo_order!r}")
+        if not self.token_timeout > 0:
+            raise ConfigError(f"token_timeout must be > 0 seconds, got {self.token_timeout}")
+        for name in ("ppo_epochs", "ppo_minibatches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not self.ppo_lr > 0:
+            raise ConfigError(f"ppo_lr must be > 0, got {self.ppo_lr}")
+        if not 0 < self.ppo_clip < 1:
+            raise ConfigError(f"ppo_clip must be in (0, 1), got {self.ppo_clip}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

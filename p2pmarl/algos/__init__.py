@@ -22,6 +22,8 @@ ALGORITHMS = {
     "itrpo": ("p2pmarl.algos.itrpo", "ITRPO"),
     "matrpo": ("p2pmarl.algos.matrpo", "MATRPO"),
     "ctrpo": ("p2pmarl.algos.ctrpo", "CTRPO"),
+    "hatrpo": ("p2pmarl.algos.happo", "HATRPO"),
+    "happo": ("p2pmarl.algos.happo", "HAPPO"),
 }
 """``--algo`` name → (module, class)."""
 

@@ -147,6 +147,11 @@ class AgentAlgorithm(ABC):
         """Build agent ``agent_id``'s learner from the run config (the variant picks its fields)."""
         raise NotImplementedError(f"{cls.__name__} does not support launching from a run config")
 
+    @classmethod
+    def check_run(cls, topology: Topology, config: RunConfig) -> None:
+        """Raise ``ConfigError`` naming the setting and the fix when this variant cannot run with
+        ``config`` on ``topology``; the launcher calls it before any process starts."""
+
     @abstractmethod
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Own actions for own observations of shape (K, obs_dim): (K,) when the action is one

@@ -138,6 +138,7 @@ def load_checked_topology(config: RunConfig) -> Topology:
             f"topology {config.topology} has {topology.n_agents} agents, which environment "
             f"{config.env!r} cannot have: {error}"
         ) from error
+    algorithm.check_run(topology, config)
     return topology
 
 
