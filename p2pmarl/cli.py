@@ -54,6 +54,8 @@ _FLAG_HELP = {
     "dimapg_gossip_max_rounds": "DiMA-PG: cap on gossip rounds",
     "dimapg_gossip_timeout": "DiMA-PG: seconds a gossip round waits for a neighbour",
     "dimapg_resync_tolerance": "DiMA-PG: replica disagreement that triggers a re-sync",
+    "dimapg_no_score_term": "DiMA-PG: leave out eq. 14's score-function term",
+    "dimapg_gamma": "DiMA-PG: discount of the REINFORCE returns",
 }
 
 

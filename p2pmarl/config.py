@@ -105,6 +105,10 @@ class RunConfig:
     """DiMA-PG: seconds a gossip round waits for a neighbour's message before going on."""
     dimapg_resync_tolerance: float = 1e-3
     """DiMA-PG: replica disagreement ‖θ_i − θ_j‖ above which replicas re-sync by averaging."""
+    dimapg_no_score_term: bool = False
+    """DiMA-PG: leave out eq. 14's second (score-function) term, keeping the adapted term."""
+    dimapg_gamma: float = 0.9
+    """DiMA-PG: discount of the REINFORCE returns (the paper does not give it)."""
 
     @property
     def rollout_length(self) -> int:
@@ -158,6 +162,8 @@ class RunConfig:
         for name in ("dimapg_inner_steps", "dimapg_reward_clip", "dimapg_inner_lr"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 < self.dimapg_gamma <= 1:
+            raise ConfigError(f"dimapg_gamma must be in (0, 1], got {self.dimapg_gamma}")
         for name in ("dimapg_outer_lr", "dimapg_gossip_tolerance", "dimapg_gossip_timeout",
                      "dimapg_resync_tolerance"):
             if not getattr(self, name) > 0:

@@ -91,10 +91,16 @@ class DiMAPGConfig:
     first_order: bool = False
     """Drop the second-order term: differentiate the adapted term as if dθ_n/dθ = I
     (first-order MAML); the score term on τ^θ stays."""
+    score_term: bool = True
+    """Include eq. 14's second term E[L_n ∇θ log π_θ(τ^θ)] (the dependence of the adaptation's
+    samples on θ). It is an unbiased but very noisy estimate (a sum over a whole trajectory of
+    scores times one scalar); ``False`` keeps only the adapted term, as MAML does."""
     reward_clip: float = 1.0
     """Rewards are clipped to [−c, c] before any use (section 5.2.1: [−1, 1]); 0 turns it off."""
-    gamma: float = 0.99
-    """Discount of the REINFORCE returns (rllab's default)."""
+    gamma: float = 0.9
+    """Discount of the REINFORCE returns. The paper does not state it; with Monte-Carlo
+    returns over 200-step episodes rllab's 0.99 gave spread gradient estimates of random sign
+    (docs/benchmarks.md, issue 10), 0.9 consistent ones."""
     hidden: tuple[int, ...] = (100, 100)
     """Hidden layers of the shared policy (section 5.2: two of 100 ReLU units)."""
     baseline_regularization: float = 1e-5
@@ -264,6 +270,7 @@ def meta_gradient(
     inner_steps: int,
     inner_lr: float,
     first_order: bool = False,
+    score_term: bool = True,
 ) -> Tensor:
     """∇θ L_n(θ, θ_n) of eq. 14 as one flat vector.
 
@@ -271,7 +278,7 @@ def meta_gradient(
     differentiated through θ_n = adapt(θ) (second-order term by autograd; ``first_order`` treats
     dθ_n/dθ as I). E[L_n ∇θ log π_θ(τ^θ)] is (L_n − b)·(1/episodes)·Σ_t ∇θ log π_θ(a_t|o_t) on
     τ^θ_n, with b the pre-adaptation return: a constant baseline, which leaves its expectation
-    unchanged (E ∇ log π(τ) = 0) and cuts its variance.
+    unchanged (E ∇ log π(τ) = 0) and cuts its variance; ``score_term=False`` leaves it out.
     """
     theta = {name: value.detach().requires_grad_(True) for name, value in theta.items()}
     adapted = adapt(
@@ -285,8 +292,9 @@ def meta_gradient(
         data.adapted_advantages,
     )
     pre_log_prob = policy_log_prob(policy, theta, data.pre_observations, data.pre_actions)
-    score_term = (data.adapted_return - data.pre_return) * pre_log_prob.sum() / data.pre_episodes
-    gradients = torch.autograd.grad(adapted_term + score_term, list(theta.values()))
+    score = (data.adapted_return - data.pre_return) * pre_log_prob.sum() / data.pre_episodes
+    objective = adapted_term + score if score_term else adapted_term
+    gradients = torch.autograd.grad(objective, list(theta.values()))
     return torch.cat([gradient.reshape(-1) for gradient in gradients]).detach()
 
 
@@ -359,6 +367,8 @@ class DiMAPG(AgentAlgorithm):
             outer=config.dimapg_outer,
             outer_lr=config.dimapg_outer_lr,
             first_order=config.dimapg_first_order,
+            score_term=not config.dimapg_no_score_term,
+            gamma=config.dimapg_gamma,
             reward_clip=config.dimapg_reward_clip,
             fisher_subsample=config.fisher_subsample,
             gossip=gossip,
@@ -413,6 +423,9 @@ class DiMAPG(AgentAlgorithm):
         features = baseline_features(observations, steps)
         weights = fit_linear_baseline(features, returns, self.config.baseline_regularization)
         advantages = returns - features @ weights
+        # rllab's center_adv (the paper's code base): standardize with the agent's own batch
+        # statistics; without it the baseline's misfit mean adds a large random-sign term
+        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
         return {
             "observations": torch.from_numpy(np.ascontiguousarray(observations)),
             "actions": torch.from_numpy(batch.joint_actions[:, columns, self.agent_id].reshape(-1)),
@@ -452,7 +465,7 @@ class DiMAPG(AgentAlgorithm):
         )
         self._gradient = meta_gradient(
             self.policy, self._theta(), data, self.config.inner_steps, self.config.inner_lr,
-            self.config.first_order,
+            self.config.first_order, self.config.score_term,
         )
         return {
             "dimapg/adapted_return": post["return"],
