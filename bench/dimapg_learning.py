@@ -180,6 +180,7 @@ def main() -> int:
         topology=ring, env="spread-shared", n_envs=args.n_envs,
         episode_length=args.episode_length, steps_per_iteration=args.n_envs * args.episode_length,
         seed=args.seed, out=str(args.out / "runs"), checkpoint_every=10**6,
+        step_timeout=120.0, connect_timeout=180.0,  # the shared machine can be very loaded
     )
     dimapg = RunConfig(algo="dimapg", iterations=args.iterations,
                        dimapg_reward_clip=args.reward_clip,
