@@ -53,6 +53,21 @@ _FLAG_HELP = {
     "ppo_minibatches": "HAPPO: minibatches per pass",
     "ppo_lr": "HAPPO: Adam learning rate of the policy",
     "ppo_clip": "HAPPO: clip ε of the probability ratio",
+    "dimapg_inner_steps": "DiMA-PG: k REINFORCE steps adapting θ_n (eq. 10)",
+    "dimapg_inner_lr": "DiMA-PG: inner step size α",
+    "dimapg_outer": "DiMA-PG outer step: trpo or reinforce",
+    "dimapg_outer_lr": "DiMA-PG: ε of the reinforce outer step (eq. 11)",
+    "dimapg_first_order": "DiMA-PG: drop the second-order term (first-order MAML)",
+    "dimapg_reward_clip": "DiMA-PG: clip rewards to [-c, c]; 0 turns clipping off",
+    "dimapg_adapted_steps": "DiMA-PG: steps per copy of the adapted phase",
+    "dimapg_gossip": "DiMA-PG gossip: metropolis or push_sum",
+    "dimapg_gossip_rounds": "DiMA-PG: fixed gossip rounds (default: stop by tolerance)",
+    "dimapg_gossip_tolerance": "DiMA-PG: relative gossip tolerance per round",
+    "dimapg_gossip_max_rounds": "DiMA-PG: cap on gossip rounds",
+    "dimapg_gossip_timeout": "DiMA-PG: seconds a gossip round waits for a neighbour",
+    "dimapg_resync_tolerance": "DiMA-PG: replica disagreement that triggers a re-sync",
+    "dimapg_no_score_term": "DiMA-PG: leave out eq. 14's score-function term",
+    "dimapg_gamma": "DiMA-PG: discount of the REINFORCE returns",
 }
 
 

@@ -114,6 +114,37 @@ class RunConfig:
     """HAPPO: Adam learning rate of the policy (HARL MPE: 5e-4)."""
     ppo_clip: float = 0.2
     """HAPPO: clip ε of the ratio (HARL MPE: 0.2)."""
+    # issue 10: DiMA-PG (rollout phases, copy groups, gossip averaging)
+    dimapg_inner_steps: int = 3
+    """DiMA-PG: k, REINFORCE steps adapting θ_n from θ (eq. 10; paper: 3)."""
+    dimapg_inner_lr: float = 0.01
+    """DiMA-PG: α, step size of the inner steps (paper appendix C.2: 0.01)."""
+    dimapg_outer: str = "trpo"
+    """DiMA-PG outer step on θ: ``trpo`` (paper, cooperative navigation) or ``reinforce``."""
+    dimapg_outer_lr: float = 0.05
+    """DiMA-PG: ε of eq. 11 for the ``reinforce`` outer step (paper: 0.05)."""
+    dimapg_first_order: bool = False
+    """DiMA-PG: drop the second-order term through the adaptation (first-order MAML)."""
+    dimapg_reward_clip: float = 1.0
+    """DiMA-PG: clip rewards to [−c, c] (paper section 5.2.1: 1); 0 turns clipping off."""
+    dimapg_adapted_steps: int | None = None
+    """DiMA-PG: steps per copy of the ``adapted`` rollout phase (None: the rollout length)."""
+    dimapg_gossip: str = "metropolis"
+    """DiMA-PG gossip averaging: ``metropolis`` (synchronous rounds) or ``push_sum`` (lossy)."""
+    dimapg_gossip_rounds: int | None = None
+    """DiMA-PG: fixed gossip rounds per sum (None: stop by ``dimapg_gossip_tolerance``)."""
+    dimapg_gossip_tolerance: float = 1e-4
+    """DiMA-PG: gossip stops once every estimate moves by ≤ this·‖estimate‖ per round."""
+    dimapg_gossip_max_rounds: int = 500
+    """DiMA-PG: cap on gossip rounds when stopping by tolerance."""
+    dimapg_gossip_timeout: float = 5.0
+    """DiMA-PG: seconds a gossip round waits for a neighbour's message before going on."""
+    dimapg_resync_tolerance: float = 1e-3
+    """DiMA-PG: replica disagreement ‖θ_i − θ_j‖ above which replicas re-sync by averaging."""
+    dimapg_no_score_term: bool = False
+    """DiMA-PG: leave out eq. 14's second (score-function) term, keeping the adapted term."""
+    dimapg_gamma: float = 0.9
+    """DiMA-PG: discount of the REINFORCE returns (the paper does not give it)."""
 
     @property
     def rollout_length(self) -> int:
@@ -185,6 +216,32 @@ class RunConfig:
             raise ConfigError(f"ppo_lr must be > 0, got {self.ppo_lr}")
         if not 0 < self.ppo_clip < 1:
             raise ConfigError(f"ppo_clip must be in (0, 1), got {self.ppo_clip}")
+        # issue 10: DiMA-PG
+        if self.dimapg_outer not in ("trpo", "reinforce"):
+            raise ConfigError(
+                f"dimapg_outer must be 'trpo' or 'reinforce', got {self.dimapg_outer!r}"
+            )
+        if self.dimapg_gossip not in ("metropolis", "push_sum"):
+            raise ConfigError(
+                f"dimapg_gossip must be 'metropolis' or 'push_sum', got {self.dimapg_gossip!r}"
+            )
+        for name in ("dimapg_inner_steps", "dimapg_reward_clip", "dimapg_inner_lr"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if not 0 < self.dimapg_gamma <= 1:
+            raise ConfigError(f"dimapg_gamma must be in (0, 1], got {self.dimapg_gamma}")
+        for name in ("dimapg_outer_lr", "dimapg_gossip_tolerance", "dimapg_gossip_timeout",
+                     "dimapg_resync_tolerance"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("dimapg_adapted_steps", "dimapg_gossip_rounds"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be ≥ 1 (or unset), got {value}")
+        if self.dimapg_gossip_max_rounds < 1:
+            raise ConfigError(
+                f"dimapg_gossip_max_rounds must be ≥ 1, got {self.dimapg_gossip_max_rounds}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

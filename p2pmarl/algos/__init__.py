@@ -24,6 +24,7 @@ ALGORITHMS = {
     "ctrpo": ("p2pmarl.algos.ctrpo", "CTRPO"),
     "hatrpo": ("p2pmarl.algos.happo", "HATRPO"),
     "happo": ("p2pmarl.algos.happo", "HAPPO"),
+    "dimapg": ("p2pmarl.algos.dimapg", "DiMAPG"),
 }
 """``--algo`` name → (module, class)."""
 

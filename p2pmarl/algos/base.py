@@ -41,6 +41,11 @@ class Batch:
     """True where the episode ended with step t, bool (T, K)."""
     last_observations: np.ndarray
     """Own observations after the last step, float32 (K, obs_dim), for bootstrapping."""
+    phase: str = "rollout"
+    """Name of the rollout phase this batch comes from (:class:`RolloutPhase`)."""
+    copy_groups: np.ndarray | None = None
+    """Copy group of each of the K copies in that phase, int64 (K,) (see
+    :func:`copy_group_layout`); None when the phase has one group."""
 
     @property
     def n_samples(self) -> int:
@@ -53,6 +58,54 @@ class Batch:
 
         digest = hashlib.blake2b(np.ascontiguousarray(self.joint_actions).tobytes(), digest_size=8)
         return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class RolloutPhase:
+    """One of the rollouts of a training iteration, as an algorithm declares it.
+
+    The world runs an iteration's phases in order, each ``steps`` steps of every copy (copies
+    are not reset between phases: an episode may span two phases unless ``steps`` is a multiple
+    of the episode length). With ``copy_groups`` G > 1 the K copies are split into G groups by
+    :func:`copy_group_layout`, and the agent acts in each group with the policy its algorithm
+    names for it (:meth:`AgentAlgorithm.act_in_phase`).
+    """
+
+    name: str
+    """Short name, used in metrics (``phase/<name>/return``) and :attr:`Batch.phase`."""
+    steps: int
+    """T of this phase: steps per environment copy."""
+    copy_groups: int = 1
+    """G: groups the K copies are split into for this phase; needs K ≥ G."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"rollout phase {self.name!r}: steps must be ≥ 1, got {self.steps}")
+        if self.copy_groups < 1:
+            raise ValueError(
+                f"rollout phase {self.name!r}: copy_groups must be ≥ 1, got {self.copy_groups}"
+            )
+
+
+def copy_group_layout(
+    n_envs: int, groups: int, seed: int, iteration: int, phase: int
+) -> np.ndarray:
+    """Copy group of each of the K copies, int64 (K,), for phase ``phase`` of ``iteration``.
+
+    Group g gets ⌊K/G⌋ or ⌈K/G⌉ copies (copy k is first given group k mod G, so the first K mod G
+    groups get one more); which copies those are is a permutation drawn from (seed, iteration,
+    phase). Every agent computes the same layout from the run's root seed: the world neither
+    knows nor sends it. Needs K ≥ G, so that every group has at least one copy.
+    """
+    if groups < 1 or n_envs < groups:
+        raise ValueError(
+            f"{groups} copy groups need at least {groups} environment copies, got n_envs="
+            f"{n_envs}; raise --n-envs to a multiple of {groups}"
+        )
+    if groups == 1:
+        return np.zeros(n_envs, dtype=np.int64)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, iteration, phase, 0x6C41]))
+    return rng.permutation(np.arange(n_envs, dtype=np.int64) % groups)
 
 
 class Peers(Protocol):
@@ -125,8 +178,10 @@ class PeerMessage:
 class AgentAlgorithm(ABC):
     """One agent's learner: acts on its own observation, learns from its own batch.
 
-    Loop per training iteration (run by the runtime): rollout with :meth:`act`, then
-    :meth:`local_update` on the batch, then :meth:`peer_phase` with the neighbours.
+    Loop per training iteration (run by the runtime): for each of :meth:`rollout_phases` a
+    rollout (acting with :meth:`act`, or :meth:`act_in_phase` where the phase has several copy
+    groups), :meth:`phase_update` on the batch of every phase but the last, then
+    :meth:`local_update` on the last phase's batch, then :meth:`peer_phase` with the neighbours.
     """
 
     name: ClassVar[str]
@@ -152,11 +207,32 @@ class AgentAlgorithm(ABC):
         """Raise ``ConfigError`` naming the setting and the fix when this variant cannot run with
         ``config`` on ``topology``; the launcher calls it before any process starts."""
 
+    @classmethod
+    def rollout_phases(cls, config: RunConfig, n_agents: int) -> tuple[RolloutPhase, ...]:
+        """The rollouts of every training iteration, in order, from the run config and N alone
+        (the world calls this too, so it must not depend on anything learned). Default: one
+        phase of ``config.rollout_length`` steps with one copy group."""
+        return (RolloutPhase("rollout", config.rollout_length),)
+
     @abstractmethod
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Own actions for own observations of shape (K, obs_dim): (K,) when the action is one
         number (int64 for Discrete), else (K, width) (float32 for a Box); the runtime casts them
         to the joint action dtype."""
+
+    def act_in_phase(
+        self, observations: np.ndarray, phase: RolloutPhase, copy_groups: np.ndarray
+    ) -> np.ndarray:
+        """Own actions in a phase with several copy groups: row r belongs to copy group
+        ``copy_groups[r]``; the algorithm picks the policy it acts with in each group. Only
+        called for phases with ``copy_groups`` > 1; the default acts with :meth:`act`."""
+        return self.act(observations)
+
+    def phase_update(self, batch: Batch) -> dict[str, float]:
+        """Learning after every phase but the last (``batch.phase`` names it), before the next
+        phase's rollout; the last phase's batch goes to :meth:`local_update` and
+        :meth:`peer_phase`. Default: nothing."""
+        return {}
 
     @abstractmethod
     def local_update(self, batch: Batch) -> dict[str, float]:

@@ -58,6 +58,7 @@ class CategoricalPolicy(nn.Module):
         observation_size: int,
         head_sizes: Sequence[int],
         hidden: Sequence[int] = (128, 128),
+        activation: type[nn.Module] = nn.SELU,
     ) -> None:
         super().__init__()
         if not head_sizes or min(head_sizes) < 1:
@@ -68,7 +69,7 @@ class CategoricalPolicy(nn.Module):
         self.head_sizes: tuple[int, ...] = tuple(int(size) for size in head_sizes)
         self.offsets: tuple[int, ...] = (0, *itertools.accumulate(self.head_sizes))
         self.uniform_heads = len(set(self.head_sizes)) == 1
-        self.body = mlp(observation_size, sum(self.head_sizes), hidden)
+        self.body = mlp(observation_size, sum(self.head_sizes), hidden, activation)
         last = self.body[-1]
         assert isinstance(last, nn.Linear)
         with torch.no_grad():

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from p2pmarl.algos import make_algorithm
-from p2pmarl.algos.base import AgentAlgorithm, Batch
+from p2pmarl.algos.base import AgentAlgorithm, Batch, RolloutPhase, copy_group_layout
 from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import env_spec
 from p2pmarl.envs.base import EnvSpec
@@ -85,10 +85,19 @@ class Rollout:
         self.tracker = EpisodeTracker(config.n_envs, spec.n_agents if centralized else 1)
 
     def collect(
-        self, world: WorldClient, algorithm: AgentAlgorithm, first: Message, iteration: int
+        self,
+        world: WorldClient,
+        algorithm: AgentAlgorithm,
+        first: Message,
+        iteration: int,
+        phase: RolloutPhase | None = None,
+        layout: np.ndarray | None = None,
     ) -> Batch:
-        """Answer the world's step messages of one rollout (see ``world.World._rollout``)."""
-        T, K, W = self.config.rollout_length, self.config.n_envs, self.spec.joint_action_width
+        """Answer the world's step messages of one rollout phase (see
+        ``world.World._rollout_phase``): ``phase.steps`` steps (default: the run's rollout
+        length); with a copy-group ``layout`` (K,), act through ``act_in_phase``."""
+        T = self.config.rollout_length if phase is None else phase.steps
+        K, W = self.config.n_envs, self.spec.joint_action_width
         action_dtype = self.spec.action_dtype  # int64, or float32 with a Box (Batch docstring)
         observations = np.empty((T + 1, K, self.observation_size), dtype=np.float32)
         joint_actions = np.empty((T, K, W), dtype=action_dtype)
@@ -109,7 +118,11 @@ class Rollout:
                     rewards[t - 1, cut] = reward.sum(axis=1) if self.centralized else reward
                     self.tracker.add(rows, reward, dones[t - 1, cut])
                 if t < T:
-                    actions = algorithm.act(observations[t, rows.start : rows.stop])
+                    own = observations[t, rows.start : rows.stop]
+                    actions = (
+                        algorithm.act(own) if layout is None
+                        else algorithm.act_in_phase(own, phase, layout[rows.start : rows.stop])
+                    )
                     world.send("act", iteration, {
                         "actions": actions.astype(action_dtype, copy=False), "t": t,
                         "group": group,
@@ -122,6 +135,8 @@ class Rollout:
             rewards=rewards,
             dones=dones,
             last_observations=observations[T],
+            **({} if phase is None else {"phase": phase.name}),
+            copy_groups=layout,
         )
 
     @staticmethod
@@ -198,6 +213,9 @@ class AgentProcess:
         self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))
         self.algorithm.record = self.activations.record
         self.rollout = Rollout(agent_id, self.spec, self.config, self.algorithm.centralized)
+        self.phases = type(self.algorithm).rollout_phases(
+            self.config, self.spec.n_agents
+        )
         saved = read_run_spec(run_dir)
         self.crash_at = None if saved is None else crash_iteration(saved[0], agent_id, life)
 
@@ -256,22 +274,22 @@ class AgentProcess:
             os.kill(os.getpid(), signal.SIGKILL)
         started = time.monotonic()
         self.peers.mark_rollout()
-        first = self.world.receive(STEP, self.config.phase_timeout)
-        batch = self.rollout.collect(self.world, self.algorithm, first, iteration)
-        rollout_seconds = time.monotonic() - started
-        stats = self.algorithm.local_update(batch)
-        local_seconds = time.monotonic() - started - rollout_seconds
+        batch, stats, rollout_seconds, samples = self._rollout_phases(iteration)
+        phase_returns = stats.pop("_phase_returns")
+        local_started = time.monotonic()
+        stats.update(self.algorithm.local_update(batch))
+        local_seconds = time.monotonic() - local_started
         self.peers.start_iteration(iteration)
         if isinstance(self.transport, FaultyTransport):
             self.transport.start_iteration(iteration)
         stats.update(self.algorithm.peer_phase(batch, self.peers))
-        returns = self.rollout.tracker.take()
+        returns = np.concatenate([*phase_returns, self.rollout.tracker.take()])
         if self.algorithm.centralized and len(returns):
             stats["rollout/agent_returns"] = returns.mean(axis=0).tolist()
         self.metrics.record(
             {
                 "iteration": iteration,
-                "env_steps": (iteration + 1) * batch.n_samples,
+                "env_steps": (iteration + 1) * samples,
                 "rollout/return": float(returns.sum(axis=1).mean()) if len(returns) else None,
                 "rollout/episodes": len(returns),
                 "time/rollout_seconds": rollout_seconds,
@@ -290,6 +308,40 @@ class AgentProcess:
         if done % self.config.checkpoint_every == 0 or done == self.config.iterations:
             self._save_checkpoint(done)
         self.world.send("ready", done, {})
+
+    def _rollout_phases(self, iteration: int) -> tuple[Batch, dict, float, int]:
+        """Every rollout phase of the iteration in order (``AgentAlgorithm.rollout_phases``),
+        with ``phase_update`` after all but the last. Returns the last phase's batch, the
+        phase updates' stats (with per-phase returns when there are several phases, and the
+        finished episodes of the earlier phases under ``_phase_returns``), the seconds spent in
+        rollouts, and the samples of all phases."""
+        stats: dict = {}
+        phase_returns: list[np.ndarray] = []
+        rollout_seconds, samples = 0.0, 0
+        for index, phase in enumerate(self.phases):
+            started = time.monotonic()
+            layout = None
+            if phase.copy_groups > 1:
+                layout = copy_group_layout(
+                    self.config.n_envs, phase.copy_groups, self.config.seed, iteration, index
+                )
+            first = self.world.receive(STEP, self.config.phase_timeout)
+            batch = self.rollout.collect(self.world, self.algorithm, first, iteration, phase,
+                                         layout)
+            rollout_seconds += time.monotonic() - started
+            samples += batch.n_samples
+            if len(self.phases) == 1:
+                break
+            returns = self.rollout.tracker.take()
+            if len(returns):
+                stats[f"phase/{phase.name}/return"] = float(returns.sum(axis=1).mean())
+            if index < len(self.phases) - 1:
+                phase_returns.append(returns)
+                stats.update(self.algorithm.phase_update(batch))
+            else:
+                self.rollout.tracker.finished.extend(returns)
+        stats["_phase_returns"] = phase_returns
+        return batch, stats, rollout_seconds, samples
 
     def _fault_metrics(self) -> dict[str, int]:
         """Injected faults on this agent's outgoing messages so far (none without faults)."""

@@ -139,6 +139,14 @@ def load_checked_topology(config: RunConfig) -> Topology:
             f"{config.env!r} cannot have: {error}"
         ) from error
     algorithm.check_run(topology, config)
+    for phase in algorithm.rollout_phases(config, topology.n_agents):
+        if phase.copy_groups > config.n_envs:
+            raise ConfigError(
+                f"{config.algo}'s rollout phase {phase.name!r} splits the copies into "
+                f"{phase.copy_groups} groups, so it needs n_envs ≥ {phase.copy_groups}; got "
+                f"n_envs={config.n_envs} (raise --n-envs, ideally to a multiple of "
+                f"{phase.copy_groups})"
+            )
     return topology
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from p2pmarl.algos import algorithm_class
 from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import make_env
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
@@ -121,6 +122,10 @@ class World:
         self.n_agents = n_agents
         self.centralized = centralized
         self.learners = 1 if centralized else n_agents
+        self.phases = algorithm_class(config.algo).rollout_phases(config, n_agents)
+        """The rollout phases of every iteration: from the run config and the algorithm's class
+        (``AgentAlgorithm.rollout_phases``), never from the agents."""
+        self.phase_steps = self.phases[0].steps
         world_seed, _ = process_seeds(config.seed, n_agents)
         self.vector = VectorWorld(config, n_agents, world_seed)
         self.server = WorldServer(endpoint, self.learners)
@@ -147,7 +152,7 @@ class World:
                 {
                     "event": "rollout",
                     "iteration": iteration,
-                    "env_steps": (iteration + 1) * self.config.rollout_length * self.config.n_envs,
+                    "env_steps": (iteration + 1) * self.iteration_steps * self.config.n_envs,
                     "rollout_seconds": time.monotonic() - rollout_started,
                 }
             )
@@ -187,14 +192,26 @@ class World:
             "unix_time": time.time(),
         })
 
+    @property
+    def iteration_steps(self) -> int:
+        """Steps per copy per iteration, over all rollout phases."""
+        return sum(phase.steps for phase in self.phases)
+
     def _rollout(self, iteration: int) -> None:
+        """The iteration's rollout phases in order (one by default), each a
+        :meth:`_rollout_phase` of its own step count. Agents learn between phases; the world
+        waits for them at the next phase's first actions (``phase_timeout``)."""
+        for phase in self.phases:
+            self.phase_steps = phase.steps
+            self._rollout_phase(iteration, phase.steps)
+
+    def _rollout_phase(self, iteration: int, T: int) -> None:
         """T steps of every copy, pipelined over :func:`env_groups`.
 
         Message (t, g) carries o_t of group g and the outcome of its step t−1; each agent answers
         every message but the last (t = T) with its actions for that group.
         """
         groups = env_groups(self.config.n_envs)
-        T = self.config.rollout_length
         for group, rows in enumerate(groups):
             self._send_step(iteration, 0, group, rows, None)
         for t in range(T):
@@ -222,7 +239,7 @@ class World:
             )
         else:
             observations = self.vector.agent_observations(agent, rows)
-        last = t == self.config.rollout_length
+        last = t == self.phase_steps
         body: dict = {"t": t, "group": group, "last": last, "obs": observations}
         if previous is not None:
             rewards = previous.rewards if self.centralized else previous.rewards[:, agent]
