@@ -12,12 +12,13 @@ action-value networked actor-critic; the reference text numbers its steps (3.3)-
 1. **actor step** with the counterfactual advantage of the current critic,
    A^i = Q(o^i, a; ω^i) − Σ_{b} π^i(b|o^i) Q(o^i, (b, a^{-i}); ω^i)
    (:func:`counterfactual_advantage`),
-   θ^i ← θ^i + α_θ · mean(A^i ∇ log π^i(a^i|o^i))  (one Adam step on the batch);
+   θ^i ← θ^i + α_θ · mean(A^i ∇ log π^i(a^i|o^i))  (Adam, one pass over the batch in minibatches);
 2. **critic epochs**, each a TD(0) pass with the own reward,
    δ^i = r^i + γ Q(o'^i, a'; ω^i) − Q(o^i, a; ω^i) and ω̃^i = ω^i + α_ω δ^i ∇Q  (SGD with
    momentum, minibatches; :func:`td_targets`), followed by
 3. **a consensus (diffusion) step** ω^i ← Σ_j c(i, j) ω̃^j over the agent and its graph
-   neighbours with Metropolis weights c (:func:`metropolis_weights`, :func:`consensus_round`).
+   neighbours with Metropolis weights c (:func:`consensus_step`, on the gossip primitive
+   :func:`p2pmarl.algos.gossip.average`).
 
 Critic parameters are the only thing an FDMARL agent sends, and only to its graph neighbours.
 After consensus the critics estimate the action value of the *team-average* reward
@@ -34,8 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ from torch import Tensor, nn
 
 from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import AgentAlgorithm, Batch, Peers
+from p2pmarl.algos.gossip import GossipConfig, average
 from p2pmarl.algos.networks import (
     CategoricalPolicy,
     flat_parameters,
@@ -60,11 +61,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-CRITIC_MESSAGE = "fdmarl_critic"
-"""Kind of the one FDMARL peer message: this agent's critic parameters ω̃^i after a TD epoch."""
-CRITIC_FIELDS = frozenset({"round", "critic"})
-"""Body of a critic message: the consensus round number and the flat float32 parameters."""
-MESSAGE_KINDS = frozenset({CRITIC_MESSAGE})
+CRITIC_KINDS = ("fdmarl_critic_even", "fdmarl_critic_odd")
+"""Kinds of the one FDMARL peer message, this agent's critic parameters ω̃^i after a TD epoch
+(even and odd epochs, see :func:`consensus_step`)."""
+CRITIC_FIELDS = frozenset({"round", "degree", "settled", "final", "value"})
+"""Body of a critic message (:mod:`p2pmarl.algos.gossip`'s metropolis round): round number,
+sender degree, two stopping fields, and ``value``, the flat float32 critic parameters."""
+MESSAGE_KINDS = frozenset(CRITIC_KINDS)
 
 
 @dataclass(frozen=True)
@@ -76,12 +79,21 @@ class FDMARLConfig:
     order 10-40 on spread, which a critic without output scaling fits in a few epochs."""
     actor_lr: float = 1e-3
     """Adam learning rate of the actor step α_θ; 1e-4-3e-3."""
-    actor_steps: int = 1
-    """Full-batch actor steps per iteration (1: plain on-policy gradient); 1-5."""
-    critic_lr: float = 1e-2
+    actor_epochs: int = 1
+    """Passes of the actor over the batch per iteration; 1 uses every sample once (plain
+    on-policy gradient), more reuse them without importance correction; 1-3."""
+    actor_minibatch: int = 10_000
+    """Samples per actor step (one Adam step per 10k-step rollout: with 10 steps per rollout the
+    actor collapsed to entropy 0.25 within 6 iterations on spread); 1000-M."""
+    critic_lr: float = 3e-3
     """Step size α_ω of the TD step (SGD, see :class:`SGD` for why not Adam); 1e-3-3e-2."""
     critic_momentum: float = 0.9
     """Heavy-ball momentum μ of the TD step; 0-0.95."""
+    critic_max_grad_norm: float = 1.0
+    """The TD minibatch gradient is rescaled to at most this norm before the SGD step. It
+    bounds the first steps, when Q is far from its targets (spread: errors of ~50 on agent 0,
+    which diverge plain SGD within three iterations) and is inactive once the critic fits, where
+    the step is linear again (see :class:`SGD`); 0.5-10."""
     critic_epochs: int = 5
     """TD passes over the batch per iteration, each followed by a consensus step; 1-20."""
     critic_minibatch: int = 256
@@ -103,9 +115,11 @@ class FDMARLConfig:
         checks = {
             "gamma": 0.0 < self.gamma <= 1.0,
             "actor_lr": self.actor_lr > 0.0,
-            "actor_steps": self.actor_steps >= 0,
+            "actor_epochs": self.actor_epochs >= 0,
+            "actor_minibatch": self.actor_minibatch >= 1,
             "critic_lr": self.critic_lr > 0.0,
             "critic_momentum": 0.0 <= self.critic_momentum < 1.0,
+            "critic_max_grad_norm": self.critic_max_grad_norm > 0.0,
             "critic_epochs": self.critic_epochs >= 1,
             "critic_minibatch": self.critic_minibatch >= 1,
             "consensus_rounds": self.consensus_rounds >= 0,
@@ -124,36 +138,6 @@ class FDMARLConfig:
 # ---------------------------------------------------------------------------------------------
 # Pure math
 # ---------------------------------------------------------------------------------------------
-
-
-def metropolis_weights(topology: Topology, agent: int) -> dict[int, float]:
-    """Row ``agent`` of the Metropolis–Hastings consensus matrix: c(i, j) = 1/(1 + max(d_i, d_j))
-    for each neighbour j, and c(i, i) = 1 − Σ_j c(i, j).
-
-    The matrix is symmetric and doubly stochastic on any connected graph, so repeated rounds
-    converge every agent's vector to the plain average (Xiao & Boyd, 2004). Needs only the
-    degrees of the agent and its neighbours.
-    """
-    degree = topology.degree(agent)
-    weights = {j: 1.0 / (1.0 + max(degree, topology.degree(j))) for j in topology.neighbours(agent)}
-    weights[agent] = 1.0 - sum(weights.values())
-    return weights
-
-
-def consensus_average(
-    own: np.ndarray, received: Mapping[int, np.ndarray], weights: Mapping[int, float], agent: int
-) -> np.ndarray:
-    """Σ_j c(i, j) ω̃^j over the agent and the neighbours whose vector arrived.
-
-    A neighbour missing from ``received`` contributes the agent's own vector instead (its
-    weight moves to the diagonal), so the row still sums to one; that round then preserves the
-    network average only approximately.
-    """
-    total = own.astype(np.float64) * weights[agent]
-    for neighbour, weight in weights.items():
-        if neighbour != agent:
-            total += weight * np.asarray(received.get(neighbour, own), dtype=np.float64)
-    return total.astype(np.float32)
 
 
 def td_targets(
@@ -197,46 +181,31 @@ def counterfactual_advantage(q_alternatives: Tensor, probabilities: Tensor, own:
 # ---------------------------------------------------------------------------------------------
 
 
-def consensus_round(
-    peers: Peers,
-    own: np.ndarray,
-    weights: Mapping[int, float],
-    round_number: int,
-    timeout: float,
-    early: dict[tuple[int, int], np.ndarray],
-) -> tuple[np.ndarray, tuple[int, ...]]:
-    """One synchronous averaging round with the graph neighbours: send ω̃^i to each, wait (at
-    most ``timeout`` s in all) for theirs, average with :func:`consensus_average`.
+def consensus_step(
+    peers: Peers, critic: np.ndarray, epoch: int, rounds: int, timeout: float
+) -> tuple[np.ndarray, int]:
+    """Step (3): ω^i ← Σ_j c(i, j) ω̃^j, ``rounds`` synchronous Metropolis–Hastings rounds of
+    :func:`p2pmarl.algos.gossip.average` with the graph neighbours (c(i, j) = 1/(1 + max(d_i,
+    d_j)); the degrees travel in the messages).
 
-    Neighbours the network reports down are neither sent to nor waited for. Vectors of later
-    rounds that arrive early are kept in ``early`` (keyed (round, sender)) for their round;
-    those of earlier rounds (late arrivals) are dropped. Returns the new vector and the
-    neighbours whose contribution was missing this round.
+    Every round waits at most ``timeout`` s; a neighbour that is down or silent is left out of
+    that round (its weight stays on the agent's own vector). Successive epochs alternate between
+    two message kinds, so the critic of a neighbour already one epoch ahead is held for the next
+    step instead of being mixed into this one (a neighbour cannot get two epochs ahead without
+    the agent's own message of the epoch between). Returns the new float32 vector and the
+    number of neighbour messages that were missing.
     """
-    down = peers.down()
-    alive = [j for j in peers.neighbours if j not in down]
-    for neighbour in alive:
-        peers.send(neighbour, CRITIC_MESSAGE, {"round": round_number, "critic": own})
-    received = {j: early.pop((round_number, j)) for j in alive if (round_number, j) in early}
-    deadline = time.monotonic() + timeout
-    while len(received) < len(alive) and (remaining := deadline - time.monotonic()) > 0:
-        message = peers.receive(remaining, frozenset({CRITIC_MESSAGE}))
-        if message is None:
-            break
-        sender, number = message.sender, int(message.body["round"])
-        vector = np.asarray(message.body["critic"], dtype=np.float32)
-        if vector.shape != own.shape or sender not in weights or sender == peers.agent_id:
-            logger.warning("agent %d: ignored a critic of shape %s from %d", peers.agent_id,
-                           vector.shape, sender)
-        elif number == round_number and sender in alive:
-            received[sender] = vector
-        elif number > round_number:
-            early[(number, sender)] = vector
-    missing = tuple(j for j in peers.neighbours if j not in received)
-    if missing:
-        logger.info("agent %d: consensus round %d without neighbours %s", peers.agent_id,
-                    round_number, missing)
-    return consensus_average(own, received, weights, peers.agent_id), missing
+    if rounds == 0:
+        return critic, 0
+    settings = GossipConfig(
+        method="metropolis", rounds=rounds, round_timeout=timeout,
+        kind=CRITIC_KINDS[epoch % len(CRITIC_KINDS)],
+    )
+    result = average(peers, critic, settings)
+    if result.missing:
+        logger.info("agent %d: consensus step %d missed %d neighbour messages", peers.agent_id,
+                    epoch, result.missing)
+    return result.estimate.astype(np.float32), result.missing
 
 
 # ---------------------------------------------------------------------------------------------
@@ -338,7 +307,6 @@ class FDMARL(AgentAlgorithm):
         self.agent_id = agent_id
         self.spec = spec
         self.config = config
-        self.weights = metropolis_weights(topology, agent_id)
         torch.manual_seed(seed)
         self.rng = np.random.default_rng(seed)
         own_size = spec.observation_sizes[agent_id]
@@ -351,6 +319,7 @@ class FDMARL(AgentAlgorithm):
             self.critic = JointActionCritic(
                 max(spec.observation_sizes), spec.action_sizes, config.hidden
             )
+        self.clipped_steps = 0
         self.critic_optimizer = SGD(
             list(self.critic.parameters()), config.critic_lr, config.critic_momentum
         )
@@ -389,12 +358,15 @@ class FDMARL(AgentAlgorithm):
             q_alternatives = self.critic.alternatives(observations, joint_actions, self.agent_id)
             probabilities = torch.softmax(self.policy(observations), dim=-1)
             advantages = counterfactual_advantage(q_alternatives, probabilities, own)
-        for _ in range(self.config.actor_steps):
-            log_prob = self.policy.log_prob(observations, own.unsqueeze(1))[0]
-            loss = -(advantages * log_prob).mean()
-            self.actor_optimizer.zero_grad()
-            loss.backward()
-            self.actor_optimizer.step()
+        for _ in range(self.config.actor_epochs):
+            order = torch.as_tensor(self.rng.permutation(batch.n_samples))
+            for start in range(0, batch.n_samples, self.config.actor_minibatch):
+                index = order[start : start + self.config.actor_minibatch]
+                log_prob = self.policy.log_prob(observations[index], own[index].unsqueeze(1))[0]
+                loss = -(advantages[index] * log_prob).mean()
+                self.actor_optimizer.zero_grad()
+                loss.backward()
+                self.actor_optimizer.step()
         with torch.no_grad():
             entropy = float(self.policy.entropy(observations)[0].mean())
         return {
@@ -422,33 +394,35 @@ class FDMARL(AgentAlgorithm):
             loss = torch.mean((prediction - target[index]) ** 2)
             self.critic_optimizer.zero_grad()
             loss.backward()
+            clipped = nn.utils.clip_grad_norm_(
+                self.critic.parameters(), self.config.critic_max_grad_norm
+            )
+            self.clipped_steps += int(float(clipped) > self.config.critic_max_grad_norm)
             self.critic_optimizer.step()
         return error
 
     def peer_phase(self, batch: Batch, peers: Peers) -> dict[str, float]:
         """Critic epochs (2), each followed by consensus rounds (3) with the neighbours."""
         observations, joint_actions = self._tensors(batch)
-        early: dict[tuple[int, int], np.ndarray] = {}
         missing_total = 0
+        self.clipped_steps = 0
         errors = []
         parameters = list(self.critic.parameters())
         for epoch in range(self.config.critic_epochs):
             errors.append(self.td_epoch(batch, observations, joint_actions))
-            for round_in_epoch in range(self.config.consensus_rounds):
-                number = epoch * self.config.consensus_rounds + round_in_epoch
-                own = flat_parameters(parameters).numpy()
-                averaged, missing = consensus_round(
-                    peers, own, self.weights, number, self.config.message_timeout, early
-                )
-                set_flat_parameters(parameters, torch.from_numpy(averaged))
-                missing_total += len(missing)
-                if self.record is not None:
-                    self.record({"iteration": peers.iteration, "round": number,
-                                 "missing": list(missing),
-                                 "change_rms": float(np.sqrt(np.mean((averaged - own) ** 2)))})
+            own = flat_parameters(parameters).numpy()
+            averaged, missing = consensus_step(
+                peers, own, epoch, self.config.consensus_rounds, self.config.message_timeout
+            )
+            set_flat_parameters(parameters, torch.from_numpy(averaged))
+            missing_total += missing
+            if self.record is not None:
+                self.record({"iteration": peers.iteration, "epoch": epoch, "missing": missing,
+                             "change_rms": float(np.sqrt(np.mean((averaged - own) ** 2)))})
         return {
             "train/td_error": errors[0],
             "train/td_error_last": errors[-1],
+            "train/critic_clipped_steps": float(self.clipped_steps),
             "consensus/missing": float(missing_total),
         }
 
