@@ -25,6 +25,7 @@ ALGORITHMS = {
     "hatrpo": ("p2pmarl.algos.happo", "HATRPO"),
     "happo": ("p2pmarl.algos.happo", "HAPPO"),
     "dimapg": ("p2pmarl.algos.dimapg", "DiMAPG"),
+    "fdmarl": ("p2pmarl.algos.fdmarl", "FDMARL"),
 }
 """``--algo`` name → (module, class)."""
 
