@@ -41,6 +41,11 @@ _FLAG_HELP = {
     "phase_timeout": "seconds the world waits for agents to finish learning",
     "faults": "fault spec file of injected link failures (docs/faults.md)",
     "drop": "probability that any peer message is lost (replaces the spec's drop)",
+    "maddpg_batch_size": "MADDPG minibatch per update",
+    "maddpg_buffer_size": "MADDPG replay capacity in transitions",
+    "maddpg_learning_starts": "transitions stored before MADDPG's first update",
+    "maddpg_train_every": "env transitions per MADDPG gradient update",
+    "critic_sync_every": "genetic MADDPG: env steps between best-critic gossips",
 }
 
 

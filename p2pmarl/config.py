@@ -78,6 +78,17 @@ class RunConfig:
     """Fault spec file (YAML/JSON) of injected link failures, see docs/faults.md (None: none)."""
     drop: float | None = None
     """Probability that any peer message is lost; replaces the fault spec's global ``drop``."""
+    # issue 12: MADDPG and Distributed Genetic MADDPG
+    maddpg_batch_size: int | None = None
+    """MADDPG minibatch S per update (None: 256, the report's appendix)."""
+    maddpg_buffer_size: int | None = None
+    """MADDPG replay capacity in transitions (None: 5e5); saved in checkpoints (filled rows)."""
+    maddpg_learning_starts: int | None = None
+    """Transitions stored before MADDPG's first update (None: 2560)."""
+    maddpg_train_every: int | None = None
+    """Env transitions per MADDPG gradient update (None: 100, as the original code)."""
+    critic_sync_every: int | None = None
+    """Genetic MADDPG: env steps of a worker between best-critic gossips (None: 5000)."""
 
     @property
     def rollout_length(self) -> int:
@@ -119,6 +130,11 @@ class RunConfig:
             raise ConfigError(f"admm_iterations must be ≥ 1, got {self.admm_iterations}")
         if self.drop is not None and not 0 <= self.drop < 1:
             raise ConfigError(f"drop must be a probability in [0, 1), got {self.drop}")
+        for name in ("maddpg_batch_size", "maddpg_buffer_size", "maddpg_learning_starts",
+                     "maddpg_train_every", "critic_sync_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {value}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -22,6 +22,8 @@ ALGORITHMS = {
     "itrpo": ("p2pmarl.algos.itrpo", "ITRPO"),
     "matrpo": ("p2pmarl.algos.matrpo", "MATRPO"),
     "ctrpo": ("p2pmarl.algos.ctrpo", "CTRPO"),
+    "maddpg": ("p2pmarl.algos.maddpg", "MADDPG"),
+    "genetic-maddpg": ("p2pmarl.algos.genetic_maddpg", "GeneticMADDPG"),
 }
 """``--algo`` name → (module, class)."""
 

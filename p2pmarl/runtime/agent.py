@@ -250,8 +250,11 @@ class AgentProcess:
             os.kill(os.getpid(), signal.SIGKILL)
         started = time.monotonic()
         self.peers.mark_rollout()
-        first = self.world.receive(STEP, self.config.phase_timeout)
-        batch = self.rollout.collect(self.world, self.algorithm, first, iteration)
+        if self.algorithm.owns_environment:
+            batch = self.algorithm.collect(self.config.rollout_length, self.config.n_envs)
+        else:
+            first = self.world.receive(STEP, self.config.phase_timeout)
+            batch = self.rollout.collect(self.world, self.algorithm, first, iteration)
         rollout_seconds = time.monotonic() - started
         stats = self.algorithm.local_update(batch)
         local_seconds = time.monotonic() - started - rollout_seconds

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 import zmq
 
+from p2pmarl.algos import algorithm_class
 from p2pmarl.config import RunConfig, read_run_config
 from p2pmarl.envs import make_env
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
@@ -104,6 +105,9 @@ class World:
         self._lost_at: dict[int, int] = {}
         self.iteration = 0
         self.step = 0
+        self.paces_only = algorithm_class(config.algo).owns_environment
+        """Learners step their own env copies (``AgentAlgorithm.owns_environment``): the world
+        steps nothing and only holds every iteration's ``ready`` barrier."""
 
     def run(self, start_iteration: int) -> None:
         started = time.monotonic()
@@ -114,7 +118,8 @@ class World:
         for iteration in range(start_iteration, self.config.iterations):
             self.iteration = iteration
             rollout_started = time.monotonic()
-            self._rollout(iteration)
+            if not self.paces_only:
+                self._rollout(iteration)
             self.events.record(
                 {
                     "event": "rollout",
