@@ -46,7 +46,9 @@ GOSSIP = "critic_gossip"
 AGREE = "critic_winner"
 MESSAGE_KINDS = frozenset({GOSSIP, AGREE})
 GOSSIP_FIELDS = ("sync", "round", "score", "worker", "critic")
-"""What a ``critic_gossip`` message carries: a candidate (score, worker id, flat critics)."""
+"""What a ``critic_gossip`` message carries: a candidate (score, worker id, flat critics); the
+critics only in a round right after the sender's best changed (otherwise the receiver already
+has them: max-propagation only forwards news)."""
 AGREE_FIELDS = ("sync", "winner", "score")
 """What a ``critic_winner`` message carries after the last round."""
 
@@ -129,6 +131,7 @@ class GeneticMADDPG(AgentAlgorithm):
         self.env_steps = 0
         self.since_sync: list[np.ndarray] = []
         """Returns (per agent) of the episodes finished since the last sync: the score."""
+        self.last_score = float("-inf")
         self._finished: list[np.ndarray] = []
         self._pending = 0
         self._early: list[Mapping[str, Any]] = []
@@ -226,9 +229,10 @@ class GeneticMADDPG(AgentAlgorithm):
         return self.sync(peers, self.env_steps // every)
 
     def score(self) -> float:
-        """Mean team return (sum over agents) of the episodes finished since the last sync."""
+        """Mean team return (sum over agents) of the episodes finished since the last sync (the
+        last sync's score if none finished since; −inf before the first episode)."""
         if not self.since_sync:
-            return float("-inf")
+            return self.last_score
         return float(np.mean([returns.sum() for returns in self.since_sync]))
 
     def critic_parameters(self) -> np.ndarray:
@@ -249,14 +253,18 @@ class GeneticMADDPG(AgentAlgorithm):
         own = Candidate(self.score(), self.worker_id, self.critic_parameters())
         best, heard, missed_rounds, bytes_sent, learned_at = own, 0, 0, 0, 0
         for round_ in range(self.rounds):
-            body = {"sync": sync, "round": round_, "score": best.score, "worker": best.worker,
-                    "critic": best.critic}
+            body: dict[str, Any] = {"sync": sync, "round": round_, "score": best.score,
+                                    "worker": best.worker}
+            if learned_at == round_:  # news since the last round (round 0: the own candidate)
+                body["critic"] = best.critic
             for neighbour in self.neighbours:
                 bytes_sent += int(peers.send(neighbour, GOSSIP, body) or 0)
             offers = self._gather(peers, GOSSIP, sync, round_)
             heard += len(offers)
             missed_rounds += len(offers) < len(self.neighbours)
             for offer in offers.values():
+                if "critic" not in offer:  # the sender's best is what it offered before
+                    continue
                 candidate = Candidate(float(offer["score"]), int(offer["worker"]),
                                       np.asarray(offer["critic"], dtype=np.float32))
                 winner = better(best, candidate)
@@ -283,7 +291,7 @@ class GeneticMADDPG(AgentAlgorithm):
         }
         if self.record is not None:
             self.record(record)
-        self.since_sync = []
+        self.since_sync, self.last_score = [], own.score
         return {"genetic/winner": float(best.worker), "genetic/loaded": float(loaded),
                 "genetic/missed": float(missed), "genetic/neighbours_agree": float(agree),
                 "genetic/bytes_sent": float(bytes_sent)}
@@ -323,7 +331,7 @@ class GeneticMADDPG(AgentAlgorithm):
         return {
             "algorithm": self.name, "agent_id": self.worker_id, "team": self.team.state_dict(),
             "env_steps": self.env_steps, "since_sync": list(self.since_sync),
-            "score": self.score(),
+            "last_score": self.last_score,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -335,3 +343,4 @@ class GeneticMADDPG(AgentAlgorithm):
         self.team.load_state_dict(state["team"])
         self.env_steps = state["env_steps"]
         self.since_sync = list(state["since_sync"])
+        self.last_score = float(state["last_score"])
