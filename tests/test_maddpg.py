@@ -6,6 +6,7 @@ Agents and workers run as threads over the in-memory transport, as tests/test_ma
 from __future__ import annotations
 
 import threading
+import time
 
 import networkx as nx
 import numpy as np
@@ -132,7 +133,7 @@ def test_agent_per_process_equals_single_process_loop_on_complete_graph():
 
 
 def test_networked_critic_on_a_line_sends_only_rows_to_neighbours():
-    agents, links, records, results = _run_agents([(0, 1), (1, 2)], _batches())
+    agents, links, _, results = _run_agents([(0, 1), (1, 2)], _batches())
     assert agents[0].learner.group == (0, 1) and agents[1].learner.group == (0, 1, 2)
     assert agents[0].learner.critic[0].in_features == 5 + 6 + 5 + 3
     assert all(r["maddpg/updates"] == 3 for r in results.values())
@@ -156,10 +157,6 @@ def test_rows_of_another_sample_are_refused_by_fingerprint():
 def test_dead_neighbour_skips_updates_without_waiting_out_the_timeout():
     hub = MemoryHub()
     hub.down.add(2)
-    started = threading.Event()
-    started.set()
-    import time
-
     begin = time.monotonic()
     _, _, records, results = _run_agents([(0, 1), (1, 2)], _batches(), hub=hub, skip=(2,))
     assert time.monotonic() - begin < CONFIG.message_timeout
