@@ -109,7 +109,7 @@ class GeneticMADDPG(AgentAlgorithm):
         worker_id: int,
         env: str,
         episode_length: int,
-        topology: Topology,
+        topology: Topology | None,
         config: MADDPGConfig,
         genetic: GeneticConfig,
         seed: int,
@@ -120,8 +120,9 @@ class GeneticMADDPG(AgentAlgorithm):
         self.env_name = env
         self.episode_length = episode_length
         self.spec: EnvSpec = env_spec(env, None, episode_length)
-        self.neighbours = topology.neighbours(worker_id)
-        self.rounds = nx.diameter(topology.graph) if topology.n_agents > 1 else 0
+        # topology None: a lone worker, i.e. the plain single-process MADDPG loop
+        self.neighbours = () if topology is None else topology.neighbours(worker_id)
+        self.rounds = 0 if topology is None else nx.diameter(topology.graph)
         self.genetic = genetic
         self.seed = seed
         self.team = MADDPGTeam(self.spec, config, seed, shared_seed=seed)
