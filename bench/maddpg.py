@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import resource
 import time
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ def single_process(steps: int, seed: int) -> dict[str, Any]:
     torch.set_num_threads(1)
     worker = GeneticMADDPG(0, "tag", EPISODE_LENGTH, None, MADDPGConfig(), GeneticConfig(), seed)
     T = -(-STEPS_PER_ITERATION // N_ENVS)
-    curve, done, started = [], 0, time.monotonic()
+    curve, done, started, cpu = [], 0, time.monotonic(), time.process_time()
     while done < steps:
         batch = worker.collect(T, N_ENVS)
         stats = worker.local_update(batch)
@@ -43,8 +44,9 @@ def single_process(steps: int, seed: int) -> dict[str, Any]:
         if "rollout/agent_returns" in stats:
             curve.append((done, stats["rollout/agent_returns"][0]))
     seconds = time.monotonic() - started
+    cpu = time.process_time() - cpu
     return {"env_steps": done, "seconds": seconds, "steps_per_second": done / seconds,
-            "curve": curve}
+            "cpu_seconds": cpu, "cpu_ms_per_step": 1000 * cpu / done, "curve": curve}
 
 
 def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path) -> dict[str, Any]:
@@ -60,9 +62,11 @@ def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path) ->
         n_envs=N_ENVS, episode_length=EPISODE_LENGTH, seed=seed, out=str(out / "runs"),
         checkpoint_every=10**6,
     ).validate()
-    started = time.monotonic()
+    started, children = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
     result = launch(config, show_progress=False)
     wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (children.ru_utime + children.ru_stime)
     failure = launch_failure(result)
     if failure:
         raise RuntimeError(failure)
@@ -87,6 +91,7 @@ def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path) ->
         "steps_per_second_with_startup": env_steps / wall, "curves": curves,
         "syncs": _sync_summary(syncs), "bytes_sent": [m[-1]["net/bytes_sent"] for m in rows],
         "pss_mb": [m[-1]["sys/pss_mb"] for m in rows],
+        "cpu_seconds": cpu, "cpu_ms_per_step": 1000 * cpu / env_steps,
     }
 
 
@@ -124,6 +129,10 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
         "ratio_genetic4_over_one": genetic["steps_per_second"] / single["steps_per_second"],
         "ratio_genetic4_over_one_with_startup":
             genetic["steps_per_second_with_startup"] / single["steps_per_second"],
+        "cpu_per_step_agent_per_process_over_single":
+            maddpg["cpu_ms_per_step"] / single["cpu_ms_per_step"],
+        "cpu_per_step_genetic4_over_single":
+            genetic["cpu_ms_per_step"] / single["cpu_ms_per_step"],
     }
 
 
