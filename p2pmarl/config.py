@@ -145,6 +145,17 @@ class RunConfig:
     """DiMA-PG: leave out eq. 14's second (score-function) term, keeping the adapted term."""
     dimapg_gamma: float = 0.9
     """DiMA-PG: discount of the REINFORCE returns (the paper does not give it)."""
+    # issue 12: MADDPG and Distributed Genetic MADDPG
+    maddpg_batch_size: int | None = None
+    """MADDPG minibatch S per update (None: 256, the report's appendix)."""
+    maddpg_buffer_size: int | None = None
+    """MADDPG replay capacity in transitions (None: 5e5); saved in checkpoints (filled rows)."""
+    maddpg_learning_starts: int | None = None
+    """Transitions stored before MADDPG's first update (None: 2560)."""
+    maddpg_train_every: int | None = None
+    """Env transitions per MADDPG gradient update (None: 100, as the original code)."""
+    critic_sync_every: int | None = None
+    """Genetic MADDPG: env steps of a worker between best-critic gossips (None: 5000)."""
 
     @property
     def rollout_length(self) -> int:
@@ -242,6 +253,11 @@ class RunConfig:
             raise ConfigError(
                 f"dimapg_gossip_max_rounds must be ≥ 1, got {self.dimapg_gossip_max_rounds}"
             )
+        for name in ("maddpg_batch_size", "maddpg_buffer_size", "maddpg_learning_starts",
+                     "maddpg_train_every", "critic_sync_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be ≥ 1, got {value}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

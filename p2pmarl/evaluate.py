@@ -179,9 +179,15 @@ def evaluate(
         raise ValueError(f"episodes must be ≥ 1, got {episodes}")
     loaded = load_learners(run_dir)
     config, n_agents = loaded.records.config, loaded.records.topology.n_agents
+    worker = best_worker(loaded.algorithms)
+    if worker is not None:  # graph nodes are workers that each hold every agent's policy
+        n_agents = loaded.algorithms[worker].spec.n_agents  # type: ignore[attr-defined]
     env = make_env(config.env, n_agents, config.episode_length,
                    env_kwargs=config.env_kwargs, agent_order=config.agent_order)
-    policy = joint_policy(loaded.algorithms)
+    policy = (
+        joint_policy(loaded.algorithms) if worker is None
+        else worker_policy(loaded.algorithms[worker])
+    )
     frames: list[np.ndarray] | None = None
     if gif is not None:
         enable_rendering(env)
@@ -208,7 +214,34 @@ def evaluate(
         "episode_returns": returns.tolist(),
         "gif": str(gif_path) if gif_path else None,
         "gif_frames": len(frames) if frames else 0,
+        "worker": worker,
+        **role_returns(config.env, means),
     }
+
+
+def best_worker(algorithms: dict[int, AgentAlgorithm]) -> int | None:
+    """For worker-level variants (``owns_environment``, Genetic MADDPG): the worker with the
+    best recent score it saved (ties to the lower id); None for agent-per-process variants."""
+    if not any(a.owns_environment for a in algorithms.values()):
+        return None
+    return max(algorithms, key=lambda w: (algorithms[w].score(), -w))  # type: ignore[attr-defined]
+
+
+def worker_policy(worker: AgentAlgorithm) -> Policy:
+    """Deterministic joint action of one worker that holds every agent's actor."""
+
+    def joint(observations: list[np.ndarray]) -> list[int]:
+        batch = [o[None].astype(np.float32, copy=False) for o in observations]
+        return [int(a) for a in worker.joint_act(batch, deterministic=True)[0]]  # type: ignore
+
+    return joint
+
+
+def role_returns(env: str, means: np.ndarray) -> dict[str, float]:
+    """``tag``: mean return of the predators (adversaries, ids 0..N-2) and of the prey (N-1)."""
+    if env != "tag":
+        return {}
+    return {"predator_return": float(means[:-1].mean()), "prey_return": float(means[-1])}
 
 
 def format_evaluation(result: dict[str, Any]) -> str:
@@ -220,6 +253,11 @@ def format_evaluation(result: dict[str, Any]) -> str:
         f"(seed {result['seed']})",
         f"team return {result['team_return']:.2f}; per agent {agents}",
     ]
+    if "predator_return" in result:
+        lines.append(f"predator return {result['predator_return']:.2f}, prey return "
+                     f"{result['prey_return']:.2f}")
+    if result.get("worker") is not None:
+        lines.append(f"policies of worker {result['worker']} (best recent score)")
     if result["gif"]:
         lines.append(f"wrote {result['gif']} ({result['gif_frames']} frames)")
     return "\n".join(lines)

@@ -26,6 +26,8 @@ ALGORITHMS = {
     "happo": ("p2pmarl.algos.happo", "HAPPO"),
     "dimapg": ("p2pmarl.algos.dimapg", "DiMAPG"),
     "fdmarl": ("p2pmarl.algos.fdmarl", "FDMARL"),
+    "maddpg": ("p2pmarl.algos.maddpg", "MADDPG"),
+    "genetic-maddpg": ("p2pmarl.algos.genetic_maddpg", "GeneticMADDPG"),
 }
 """``--algo`` name → (module, class)."""
 

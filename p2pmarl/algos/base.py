@@ -192,6 +192,10 @@ class AgentAlgorithm(ABC):
     """Consensus algorithms refuse disconnected topologies."""
     centralized: ClassVar[bool] = False
     """True only for reference baselines run as one learner seeing every agent (C-TRPO)."""
+    owns_environment: ClassVar[bool] = False
+    """True for worker-level variants (Genetic MADDPG) that step their own environment copies
+    in-process: the runtime then calls :meth:`collect` instead of a world rollout, and the world
+    process only paces the iterations."""
     record: Callable[[dict[str, Any]], None] | None = None
     """Sink for per-event records of the peer phase (the runtime writes them to admm.jsonl)."""
 
@@ -233,6 +237,10 @@ class AgentAlgorithm(ABC):
         phase's rollout; the last phase's batch goes to :meth:`local_update` and
         :meth:`peer_phase`. Default: nothing."""
         return {}
+
+    def collect(self, steps: int, copies: int) -> Batch:
+        """``steps`` steps of ``copies`` own environment copies (only if ``owns_environment``)."""
+        raise NotImplementedError(f"{type(self).__name__} is stepped by the world process")
 
     @abstractmethod
     def local_update(self, batch: Batch) -> dict[str, float]:

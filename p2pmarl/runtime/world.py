@@ -136,6 +136,9 @@ class World:
         self._lost_at: dict[int, int] = {}
         self.iteration = 0
         self.step = 0
+        self.paces_only = algorithm_class(config.algo).owns_environment
+        """Learners step their own env copies (``AgentAlgorithm.owns_environment``): the world
+        steps nothing and only holds every iteration's ``ready`` barrier."""
 
     def run(self, start_iteration: int) -> None:
         started = time.monotonic()
@@ -147,7 +150,8 @@ class World:
         for iteration in range(start_iteration, self.config.iterations):
             self.iteration = iteration
             rollout_started = time.monotonic()
-            self._rollout(iteration)
+            if not self.paces_only:
+                self._rollout(iteration)
             self.events.record(
                 {
                     "event": "rollout",
