@@ -125,10 +125,13 @@ class SequentialAgent(TrustRegionAgent):
         config: SequentialConfig,
         seed: int,
     ) -> None:
-        super().__init__(
-            agent_id, spec, config.trpo, seed, head_sizes=(spec.action_sizes[agent_id],),
-            acting_head=0,
-        )
+        space = spec.action_spaces[agent_id]
+        if space.kind != "discrete" or len(space.nvec) != 1:
+            raise ValueError(
+                f"{self.name} supports one Discrete action per agent; agent {agent_id} of "
+                f"{spec.name!r} has {space} (use itrpo or matrpo for Box/MultiDiscrete actions)"
+            )
+        super().__init__(agent_id, spec, config.trpo, seed, heads=(space,), acting_head=0)
         self.settings = config
         self.relay = TokenRelay(agent_id, spec.n_agents, edges, config.token)
         self._data: OnPolicyData | None = None
@@ -168,7 +171,8 @@ class SequentialAgent(TrustRegionAgent):
     def own_actions(self) -> Tensor:
         """a^i of every sample, int64 (M, 1)."""
         assert self._data is not None
-        return self._data.joint_actions[:, self.agent_id : self.agent_id + 1]
+        columns = self.spec.action_columns(self.agent_id)
+        return self._data.joint_actions[:, columns.start : columns.stop]
 
     def local_update(self, batch: Batch) -> dict[str, float]:
         """Own GAE (eqs. 18-19) normalized with own statistics, and the value fit."""
