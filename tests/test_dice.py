@@ -18,8 +18,8 @@ import torch
 from p2pmarl.algos.dice import (
     ChainStep,
     MetaGradientTerms,
-    gae_advantages,
     discounted_returns,
+    gae_advantages,
     linear_feature_baseline,
     meta_objective,
     opponent_model,
@@ -89,7 +89,7 @@ def _dice_gradient(phi0, psi0, terms):
     phi1 = p + ALPHA * torch.autograd.grad(_value(p, q, 0), p)[0]
     psi1 = q + BETA * torch.autograd.grad(_value(p, q, 1), q)[0]
     chain = [_chain_step(phi0, psi0), _chain_step(phi1.detach(), psi1.detach())]
-    objective, path = meta_objective(
+    objective, path, _ = meta_objective(
         tabular_policy, [phi], tabular_policy, [[psi0], None], chain, ALPHA, BETA, terms
     )
     assert torch.allclose(path[1][0], phi1, atol=1e-10)  # the chain's values are the exact ones

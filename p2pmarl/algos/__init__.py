@@ -22,6 +22,7 @@ ALGORITHMS = {
     "itrpo": ("p2pmarl.algos.itrpo", "ITRPO"),
     "matrpo": ("p2pmarl.algos.matrpo", "MATRPO"),
     "ctrpo": ("p2pmarl.algos.ctrpo", "CTRPO"),
+    "metamapg": ("p2pmarl.algos.metamapg", "MetaMAPG"),
 }
 """``--algo`` name → (module, class)."""
 

@@ -121,8 +121,8 @@ def inner_step(
 ) -> list[Tensor]:
     """One inner-loop ascent step of eq. (4): φ + α ∇_φ objective. With ``create_graph`` the
     result stays a differentiable function of everything the objective depends on."""
-    grads = torch.autograd.grad(objective, list(params), create_graph=create_graph, retain_graph=True,
-                                allow_unused=True)
+    grads = torch.autograd.grad(objective, list(params), create_graph=create_graph,
+                                retain_graph=True, allow_unused=True)
     return [p + lr * (torch.zeros_like(p) if g is None else g) for p, g in zip(params, grads,
                                                                                  strict=True)]
 
@@ -189,7 +189,7 @@ def meta_objective(
     peer_lr: float,
     terms: MetaGradientTerms,
     first_step_in_objective: bool = False,
-) -> tuple[Tensor, list[list[Tensor]]]:
+) -> tuple[Tensor, list[list[Tensor]], list[list[Tensor]]]:
     """The meta-objective Σ_{ℓ=1}^{L} DiCE(τ_φℓ) over the chain, with φ^i_{ℓ+1} and φ^{-i}_{ℓ+1}
     computed by differentiable inner steps (Algorithm 1 line 7, Algorithm 3 lines 8-10).
 
@@ -197,12 +197,13 @@ def meta_objective(
     peer's inner step from τ_φℓ starts from — the opponent model fitted on τ_φℓ (decentralized,
     Algorithm 3 line 8) — or None at every ℓ ≥ 1 for the centralized form, where the chain
     continues from the previous step's result (``peer_bases[0]`` is then the peer's true φ^{-i}_0).
-    Returns the objective and the meta-agent's parameters φ^i_ℓ along the chain (ℓ = 0..L).
+    Returns the objective and the parameters φ^i_ℓ and φ^{-i}_ℓ along the chain (ℓ = 0..L).
     ``first_step_in_objective`` adds DiCE(τ_φ0) itself (not part of eq. 2; used by tests).
     """
     own = list(initial)
     own_path = [own]
     peer = _peer_start(peer_bases[0], terms)
+    peer_path = [peer]
     objective = torch.zeros(())
     for index, step in enumerate(chain):
         own_used = own if terms.own_learning else straight_through(own, initial)
@@ -225,7 +226,8 @@ def meta_objective(
             own = [p.detach() for p in own]
         own_path.append(own)
         peer = _peer_update(peer_policy, peer, peer_bases, index, step, own_log, peer_lr, terms)
-    return objective, own_path
+        peer_path.append(peer)
+    return objective, own_path, peer_path
 
 
 def _peer_start(base: Sequence[Tensor] | None, terms: MetaGradientTerms) -> list[Tensor]:

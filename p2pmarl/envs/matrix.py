@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from gymnasium import spaces
@@ -32,7 +32,7 @@ IPD_PAYOFF = np.array(
     ],
     dtype=np.float32,
 )
-"""Meta-MAPG Table 1: ``IPD_PAYOFF[a^0, a^1] = (r^0, r^1)``; action 0 = (C)ooperate, 1 = (D)efect."""
+"""Meta-MAPG Table 1: ``IPD_PAYOFF[a^0, a^1] = (r^0, r^1)``; 0 = (C)ooperate, 1 = (D)efect."""
 RPS_PAYOFF = np.array(
     [
         [[0.0, 0.0], [-1.0, 1.0], [1.0, -1.0]],
@@ -78,7 +78,7 @@ def one_hot(index: int, size: int) -> np.ndarray:
 class MatrixGameParallelEnv(ParallelEnv):
     """PettingZoo Parallel env of an iterated matrix game (agents ``player_0``, ``player_1``)."""
 
-    metadata = {"name": "matrix_game_v0", "render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"name": "matrix_game_v0", "render_modes": []}
 
     def __init__(self, game: str = "ipd", horizon: int | None = None) -> None:
         self.game = game
@@ -93,11 +93,11 @@ class MatrixGameParallelEnv(ParallelEnv):
         self.state_id = 0
         self.t = 0
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - PettingZoo's documented pattern
+    @functools.cache  # noqa: B019 - PettingZoo's documented pattern
     def observation_space(self, agent: str) -> spaces.Space:
         return spaces.Box(0.0, 1.0, shape=(self.n_states,), dtype=np.float32)
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019
+    @functools.cache  # noqa: B019
     def action_space(self, agent: str) -> spaces.Space:
         return spaces.Discrete(self.n_actions)
 
