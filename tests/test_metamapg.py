@@ -48,7 +48,7 @@ def _config(**overrides) -> RunConfig:
 
 
 def _agents(config: RunConfig) -> tuple[MetaAgent, PersonaPeer]:
-    spec, topology = env_spec("ipd", 2, H), load_topology(PAIR)
+    spec, topology = env_spec(config.env, 2, H), load_topology(PAIR)
     meta = make_algorithm("metamapg", 0, spec, topology, config, 11)
     peer = make_algorithm("metamapg", 1, spec, topology, config, 12)
     return meta, peer
@@ -56,11 +56,11 @@ def _agents(config: RunConfig) -> tuple[MetaAgent, PersonaPeer]:
 
 def _chain(meta: MetaAgent, peer: PersonaPeer, seed: int = 0) -> list[dict]:
     """One chain of L + 1 phases through the agents' own methods (no processes)."""
-    envs = [make_env("ipd", 2, H) for _ in range(K)]
+    envs = [make_env(meta.spec.name, 2, H) for _ in range(K)]
     stats: list[dict] = []
     for phase in range(L + 1):
         observations = np.stack([env.reset(seed) for env in envs])  # (K, 2, S)
-        obs = np.zeros((H, K, 5), np.float32)
+        obs = np.zeros((H, K, meta.n_states), np.float32)
         joint = np.zeros((H, K, 2), np.int64)
         rewards = np.zeros((H, K, 2), np.float32)
         for t in range(H):
@@ -105,8 +105,9 @@ def test_centralized_model_of_the_peer_is_the_peers_actual_learning():
     assert any(not torch.equal(a, b) for a, b in zip(before, meta.initial, strict=True))
 
 
-def test_decentralized_chain_steps_rebuild_the_acted_parameters():
-    meta, peer = _agents(_config())
+@pytest.mark.parametrize("game", ["ipd", "rps"])
+def test_decentralized_chain_steps_rebuild_the_acted_parameters(game):
+    meta, peer = _agents(_config(env=game))
     stats = _chain(meta, peer)
     assert stats[-1]["metamapg/form"] == DECENTRALIZED_LABEL
     assert stats[-1]["metamapg/rebuild_drift"] < 1e-5
