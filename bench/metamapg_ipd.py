@@ -62,7 +62,7 @@ def run(config_values: dict) -> Path:
 
 def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) -> dict:
     base = dict(
-        topology=topology("pair"), env="ipd", algo="metamapg", n_envs=args.trajectories,
+        topology=topology("pair"), env=args.env, algo="metamapg", n_envs=args.trajectories,
         episode_length=args.horizon, metamapg_chain_length=args.chain_length,
         metamapg_outer_lr=args.outer_lr, metamapg_critic_lr=args.critic_lr,
         metamapg_personas=distribution, seed=seed, out=str(args.out / "runs"),
@@ -142,6 +142,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=["metamapg", "metapg"],
                         choices=sorted(SETTINGS))
+    parser.add_argument("--env", default="ipd", choices=["ipd", "rps"],
+                        help="rps: --distributions in only")
     parser.add_argument("--distributions", nargs="+", default=["in", "out"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--chains", type=int, default=25, help="meta-training chains")
@@ -166,8 +168,8 @@ def main() -> int:
     table = summarize(results)
     if args.plot:
         plot(results, table, args.plot)
-    budget = {k: getattr(args, k) for k in ("chains", "test_chains", "trajectories", "horizon",
-                                            "chain_length", "outer_lr", "critic_lr")}
+    budget = {k: getattr(args, k) for k in ("env", "chains", "test_chains", "trajectories",
+                                            "horizon", "chain_length", "outer_lr", "critic_lr")}
     return emit("metamapg_ipd", {"status": "ok", "budget": budget, "table": table,
                                  "seconds": time.monotonic() - started, "runs": results},
                 args.out)
