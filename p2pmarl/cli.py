@@ -73,6 +73,20 @@ _FLAG_HELP = {
     "maddpg_learning_starts": "transitions stored before MADDPG's first update",
     "maddpg_train_every": "env transitions per MADDPG gradient update",
     "critic_sync_every": "genetic MADDPG: env steps between best-critic gossips",
+    "metamapg_trajectories": "Meta-MAPG: K trajectories per chain step (= --n-envs; paper 64)",
+    "metamapg_chain_length": "Meta-MAPG: chain length L (inner updates per chain)",
+    "metamapg_variant": "Meta-MAPG: metamapg, metapg, lola (no own learning) or reinforce",
+    "metamapg_peer_model": "Meta-MAPG: centralized form, the peer sends its parameters "
+    "(NOT decentralized)",
+    "metamapg_inner_lr": "Meta-MAPG: meta-agent inner learning rate (None: Table 3/4)",
+    "metamapg_peer_lr": "Meta-MAPG: peer inner learning rate (None: Table 3/4)",
+    "metamapg_outer_lr": "Meta-MAPG: outer Adam learning rate (None: Table 3/4)",
+    "metamapg_critic_lr": "Meta-MAPG: value-function learning rate (None: Table 3/4)",
+    "metamapg_gamma": "Meta-MAPG: discount γ (None: 0.96 IPD, 0.90 RPS)",
+    "metamapg_lambda": "Meta-MAPG: GAE λ of the meta-objective",
+    "metamapg_personas": "Meta-MAPG: persona split in or out (of distribution, IPD)",
+    "metamapg_meta_test": "Meta-MAPG: meta-test (no outer step, held-out personas)",
+    "metamapg_init": "Meta-MAPG: agent-0 checkpoint of a meta-training run to start from",
 }
 
 

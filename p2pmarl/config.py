@@ -156,6 +156,35 @@ class RunConfig:
     """Env transitions per MADDPG gradient update (None: 100, as the original code)."""
     critic_sync_every: int | None = None
     """Genetic MADDPG: env steps of a worker between best-critic gossips (None: 5000)."""
+    # issue 11: Meta-MAPG (metamapg) on ipd / rps; None = the paper's Table 3 (IPD) / 4 (RPS) value
+    metamapg_trajectories: int | None = None
+    """K trajectories per chain step, run as the K environment copies: must equal n_envs when
+    given (paper: 64); None: n_envs."""
+    metamapg_chain_length: int = 7
+    """L: inner-loop updates per Markov chain; each iteration runs L + 1 rollout phases."""
+    metamapg_variant: str = "metamapg"
+    """Terms of eq. (6): metamapg (all), metapg (no peer learning), lola (no own learning),
+    reinforce (current policy only)."""
+    metamapg_peer_model: bool = False
+    """Centralized meta-training: the peer sends its true parameters (NOT decentralized)."""
+    metamapg_inner_lr: float | None = None
+    """Meta-agent's inner-loop learning rate α^i (None: 1.0 IPD, 0.1 RPS)."""
+    metamapg_peer_lr: float | None = None
+    """Peer's inner-loop learning rate α^{-i} (None: 0.1 IPD, 0.01 RPS)."""
+    metamapg_outer_lr: float | None = None
+    """Outer (meta) Adam learning rate on φ^i_0 (None: 1e-4 IPD, 1e-5 RPS)."""
+    metamapg_critic_lr: float | None = None
+    """Value-function Adam learning rate (None: 1.5e-4 IPD, 1.5e-5 RPS)."""
+    metamapg_gamma: float | None = None
+    """Discount γ (None: 0.96 IPD, 0.90 RPS)."""
+    metamapg_lambda: float = 0.95
+    """GAE λ of the meta-objective."""
+    metamapg_personas: str = "in"
+    """Peer persona split: in (appendix E) or out (out of distribution, IPD only)."""
+    metamapg_meta_test: bool = False
+    """Meta-test: no outer step, peers drawn from the held-out meta-test personas."""
+    metamapg_init: str | None = None
+    """Checkpoint (.pt) of a meta-training run's agent 0 to start the meta-agent from."""
 
     @property
     def rollout_length(self) -> int:
@@ -258,6 +287,38 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {value}")
+        # issue 11: Meta-MAPG
+        if self.metamapg_trajectories is not None and self.metamapg_trajectories != self.n_envs:
+            raise ConfigError(
+                f"metamapg_trajectories={self.metamapg_trajectories} must equal n_envs="
+                f"{self.n_envs}: the K trajectories are the K environment copies; pass "
+                f"--n-envs {self.metamapg_trajectories}"
+            )
+        if self.metamapg_chain_length < 1:
+            raise ConfigError(
+                f"metamapg_chain_length must be ≥ 1, got {self.metamapg_chain_length}"
+            )
+        if self.metamapg_variant not in ("metamapg", "metapg", "lola", "reinforce"):
+            raise ConfigError(
+                f"metamapg_variant must be metamapg, metapg, lola or reinforce, got "
+                f"{self.metamapg_variant!r}"
+            )
+        if self.metamapg_personas not in ("in", "out"):
+            raise ConfigError(
+                f"metamapg_personas must be 'in' or 'out', got {self.metamapg_personas!r}"
+            )
+        for name in ("metamapg_inner_lr", "metamapg_peer_lr", "metamapg_outer_lr",
+                     "metamapg_critic_lr", "metamapg_gamma"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
+        if not 0 <= self.metamapg_lambda <= 1:
+            raise ConfigError(f"metamapg_lambda must be in [0, 1], got {self.metamapg_lambda}")
+        if self.metamapg_init is not None and not Path(self.metamapg_init).is_file():
+            raise ConfigError(
+                f"metamapg_init={self.metamapg_init!r} is not a file; pass a checkpoint such as "
+                f"runs/<run>/agents/0/checkpoints/iter-000010.pt"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ ALGORITHMS = {
     "fdmarl": ("p2pmarl.algos.fdmarl", "FDMARL"),
     "maddpg": ("p2pmarl.algos.maddpg", "MADDPG"),
     "genetic-maddpg": ("p2pmarl.algos.genetic_maddpg", "GeneticMADDPG"),
+    "metamapg": ("p2pmarl.algos.metamapg", "MetaMAPG"),
 }
 """``--algo`` name → (module, class)."""
 

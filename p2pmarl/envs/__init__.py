@@ -14,7 +14,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from p2pmarl.envs import pettingzoo, spread, tag, treasure
+from p2pmarl.envs import matrix, pettingzoo, spread, tag, treasure
 from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
 
 DEFAULT_EPISODE_LENGTH = 100
@@ -67,6 +67,24 @@ ENVIRONMENTS: dict[str, EnvFamily] = {
         n_agents_rule=tag.N_AGENTS_RULE,
         build=tag.make_tag,
         spec=tag.tag_spec,
+    ),
+    "ipd": EnvFamily(
+        description="Iterated prisoner's dilemma, Meta-MAPG Table 1 (2 agents, state = last "
+        "joint action; paper horizon 150: --episode-length 150)",
+        default_n_agents=matrix.N_AGENTS,
+        min_agents=matrix.MIN_AGENTS,
+        n_agents_rule=matrix.N_AGENTS_RULE,
+        build=matrix.make_ipd,
+        spec=lambda n, t: matrix.matrix_spec("ipd", n, t),
+    ),
+    "rps": EnvFamily(
+        description="Iterated rock-paper-scissors, Meta-MAPG Table 2 (2 agents; paper horizon "
+        "50: --episode-length 50)",
+        default_n_agents=matrix.N_AGENTS,
+        min_agents=matrix.MIN_AGENTS,
+        n_agents_rule=matrix.N_AGENTS_RULE,
+        build=matrix.make_rps,
+        spec=lambda n, t: matrix.matrix_spec("rps", n, t),
     ),
 }
 
