@@ -57,6 +57,10 @@ class WorldServer:
         self.rejected: Counter[str] = Counter()
         self.lost: set[int] = set()
         """Agents found unreachable (their process is gone); the world decides what follows."""
+        self.seen: set[int] = set()
+        """Agents heard from at least once. One not yet heard from is not lost when a send to it
+        fails, only not connected yet (its host may start later): the first gather's timeout
+        decides about it."""
         self._held: dict[int, deque[Message]] = {}
         self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
@@ -72,6 +76,8 @@ class WorldServer:
             self._socket.send_multipart([identity_of(agent), frame], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             self.rejected["agent_unreachable"] += 1
+            if agent not in self.seen:
+                return False
             if agent not in self.lost:
                 logger.warning("world: agent %d is unreachable", agent)
             self.lost.add(agent)
@@ -177,6 +183,7 @@ class WorldServer:
             return self._reject(error.reason, error.detail)
         if sender is None or sender != message.sender or not 0 <= sender < self.n_agents:
             return self._reject("spoofed_sender", f"link {parts[0]!r} claims {message.sender}")
+        self.seen.add(sender)
         return message
 
     def _reject(self, reason: str, detail: str) -> None:
