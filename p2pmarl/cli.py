@@ -110,7 +110,7 @@ def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
     keys = commands.add_parser("keys", help="make a run's CURVE keys; export one host's share")
     keys.add_argument("run_dir", metavar="RUN_DIR")
     keys.add_argument("--topology", required=True, help="the run's topology file")
-    keys.add_argument("--only", metavar="AGENTS", help="with --export: the agents of one host")
+    keys.add_argument("--only", metavar="PART", help="with --export: one host's agents (and world)")
     keys.add_argument(
         "--export", metavar="DIR", help="copy the public keys and --only's secret keys into DIR"
     )
@@ -230,7 +230,7 @@ def _run_keys(args: argparse.Namespace) -> int:
     if not args.only:
         raise ConfigError("--export needs --only AGENTS: the agents of the host it is for")
     part = parse_only(args.only, topology.n_agents)
-    for path in export_keys(root, Path(args.export), part.agents):
+    for path in export_keys(root, Path(args.export), part):
         print(f"wrote {path}")
     return 0
 

@@ -17,11 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import zmq
 
 from p2pmarl.algos import algorithm_class
 from p2pmarl.config import ConfigError, RunConfig
@@ -43,6 +46,7 @@ from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, write_json
 from p2pmarl.runtime.summary import build_summary
 from p2pmarl.runtime.transport import KEYS_DIR, agent_key_file, public_keys_file
+from p2pmarl.runtime.world_link import WORLD_KEY, world_key_file
 from p2pmarl.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -105,10 +109,12 @@ def parse_address(text: str) -> str:
 
 
 def make_keys(run_dir: Path, topology: Topology) -> list[int]:
-    """One CURVE key pair per agent of ``topology`` in ``run_dir/keys`` (kept if present)."""
+    """One CURVE key pair per agent of ``topology`` and one for the world in ``run_dir/keys``
+    (kept if present)."""
     agents = list(range(topology.n_agents))
     if public_keys_file(run_dir).exists():
         have = json.loads(public_keys_file(run_dir).read_text())
+        have.pop(WORLD_KEY, None)
         if sorted(int(a) for a in have) != agents:
             raise ConfigError(
                 f"{run_dir / KEYS_DIR} holds keys for agents {sorted(int(a) for a in have)}, "
@@ -117,27 +123,35 @@ def make_keys(run_dir: Path, topology: Topology) -> list[int]:
         return agents
     run_dir.mkdir(parents=True, exist_ok=True)
     write_curve_keys(run_dir, agents)
+    public_key, secret_key = zmq.curve_keypair()
+    text = json.dumps({"public": public_key.decode("ascii"), "secret": secret_key.decode("ascii")})
+    descriptor = os.open(world_key_file(run_dir), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text + "\n")
+    public = json.loads(public_keys_file(run_dir).read_text())
+    write_json(public_keys_file(run_dir), {**public, WORLD_KEY: public_key.decode("ascii")})
     return agents
 
 
-def export_keys(run_dir: Path, destination: Path, agents: tuple[int, ...]) -> list[Path]:
-    """Copy the public keys and only ``agents``' secret keys into ``destination/keys``."""
+def export_keys(run_dir: Path, destination: Path, part: HostPart) -> list[Path]:
+    """Copy the public keys and only ``part``'s secret keys into ``destination/keys``."""
     if not public_keys_file(run_dir).exists():
         raise ConfigError(f"{run_dir}: no keys; make them first with `p2pmarl keys {run_dir}`")
     target = destination / KEYS_DIR
     target.mkdir(parents=True, exist_ok=True, mode=0o700)
     written = [Path(shutil.copy2(public_keys_file(run_dir), public_keys_file(destination)))]
-    for agent in agents:
-        source = agent_key_file(run_dir, agent)
+    sources = [agent_key_file(run_dir, agent) for agent in part.agents]
+    for source in sources + ([world_key_file(run_dir)] if part.world else []):
         if not source.exists():
             raise ConfigError(f"{source} is missing; `p2pmarl keys {run_dir}` makes every key")
-        written.append(Path(shutil.copy2(source, agent_key_file(destination, agent))))
+        written.append(Path(shutil.copy2(source, target / source.name)))
     return written
 
 
 def check_part_keys(run_dir: Path, part: HostPart) -> None:
     """The keys a host needs before it starts: public.json and its own agents' secret keys."""
     needed = [public_keys_file(run_dir)] + [agent_key_file(run_dir, a) for a in part.agents]
+    needed += [world_key_file(run_dir)] if part.world else []
     missing = [str(path) for path in needed if not path.exists()]
     if missing:
         raise ConfigError(
