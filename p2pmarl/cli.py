@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoints")
     launch.add_argument("--no-progress", action="store_true", help="no live progress display")
     launch.add_argument("--json", action="store_true", help="print summary.json to stdout")
+    _add_host_flags(launch)
     topology = commands.add_parser("topology", help="check or draw a topology file")
     topology_commands = topology.add_subparsers(dest="topology_command", required=True)
     check = topology_commands.add_parser("check", help="print N, edges, degrees, diameter, λ₂")
@@ -132,7 +133,36 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("file")
     show.add_argument("--png", required=True, metavar="OUT")
     _add_inspect_commands(commands)
+    _add_cluster_commands(commands)
     return parser
+
+
+def _add_host_flags(launch: argparse.ArgumentParser) -> None:
+    """Per-host launch of a run spread over hosts (issue 17, docs/cluster.md)."""
+    launch.add_argument(
+        "--only", metavar="PART",
+        help="start only these processes of the run here: agent ids, ranges A-B and/or 'world', "
+             "comma-separated (needs --run-dir and --world-address)",
+    )
+    launch.add_argument("--world-only", action="store_true", help="same as --only world")
+    launch.add_argument("--run-dir", metavar="DIR", help="this host's run directory (with --only)")
+    launch.add_argument(
+        "--world-address", metavar="HOST:PORT", help="tcp address the world binds (with --only)"
+    )
+
+
+def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
+    """``keys`` and ``merge`` for runs spread over hosts (docs/cluster.md)."""
+    keys = commands.add_parser("keys", help="make a run's CURVE keys; export one host's share")
+    keys.add_argument("run_dir", metavar="RUN_DIR")
+    keys.add_argument("--topology", required=True, help="the run's topology file")
+    keys.add_argument("--only", metavar="PART", help="with --export: one host's agents (and world)")
+    keys.add_argument(
+        "--export", metavar="DIR", help="copy the public keys and --only's secret keys into DIR"
+    )
+    merge = commands.add_parser("merge", help="join the run directories of a run's hosts")
+    merge.add_argument("out", metavar="OUT")
+    merge.add_argument("parts", nargs="+", metavar="PART_DIR")
 
 
 def _add_inspect_commands(commands: argparse._SubParsersAction) -> None:
@@ -213,11 +243,54 @@ def _run_launch(args: argparse.Namespace) -> int:
 
     config = _launch_config(args)
     resume = Path(args.resume) if args.resume else None
-    result = launch(config, resume=resume, show_progress=not args.no_progress)
+    if args.only or args.world_only:
+        result = _launch_part(args, config)
+    else:
+        result = launch(config, resume=resume, show_progress=not args.no_progress)
     for message in result.messages:
         print(message, file=sys.stderr)
     _print_summary(result, args.json)
     return result.exit_code
+
+
+def _launch_part(args: argparse.Namespace, config: RunConfig):
+    from p2pmarl.runtime.hosts import launch_part
+
+    if args.only and args.world_only:
+        raise ConfigError("give --only PART or --world-only, not both")
+    if args.resume or not args.run_dir:
+        raise ConfigError("--only/--world-only need --run-dir DIR and cannot --resume")
+    only = "world" if args.world_only else args.only
+    return launch_part(config, Path(args.run_dir), only, args.world_address,
+                       show_progress=not args.no_progress)
+
+
+def _run_keys(args: argparse.Namespace) -> int:
+    from p2pmarl.runtime.hosts import export_keys, make_keys, parse_only
+    from p2pmarl.topology import load_topology
+
+    topology = load_topology(_default_topology(args.topology))
+    root = Path(args.run_dir)
+    if args.export is None:
+        if args.only:
+            raise ConfigError("--only selects whose secret keys --export copies; add --export")
+        agents = make_keys(root, topology)
+        print(f"{root / 'keys'}: CURVE key pairs of agents 0..{agents[-1]}")
+        return 0
+    if not args.only:
+        raise ConfigError("--export needs --only AGENTS: the agents of the host it is for")
+    part = parse_only(args.only, topology.n_agents)
+    for path in export_keys(root, Path(args.export), part):
+        print(f"wrote {path}")
+    return 0
+
+
+def _run_merge(args: argparse.Namespace) -> int:
+    from p2pmarl.runtime.hosts import merge_parts
+
+    summary = merge_parts(Path(args.out), [Path(p) for p in args.parts])
+    print(f"{summary['status']}: merged {len(args.parts)} parts into {args.out}")
+    return 0
 
 
 def _run_topology(args: argparse.Namespace) -> int:
@@ -290,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
             return _run_inspect(args)
         if args.command == "evaluate":
             return _run_evaluate(args)
+        if args.command == "keys":
+            return _run_keys(args)
+        if args.command == "merge":
+            return _run_merge(args)
         return _run_topology(args)
     except (ConfigError, TopologyError, RunDirectoryError) as error:
         print(f"p2pmarl: error: {error}", file=sys.stderr)

@@ -29,7 +29,14 @@ from p2pmarl.runtime.faults import FaultyTransport, crash_iteration, read_run_sp
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
 from p2pmarl.runtime.transport import PeerTimeout, Transport, ZmqTransport, load_curve_keys
-from p2pmarl.runtime.world_link import REJOIN, WELCOME, LinkTimeout, WorldClient, env_groups
+from p2pmarl.runtime.world_link import (
+    REJOIN,
+    WELCOME,
+    LinkTimeout,
+    WorldClient,
+    env_groups,
+    load_world_client_keys,
+)
 from p2pmarl.topology import Topology, load_topology
 
 logger = logging.getLogger(__name__)
@@ -212,7 +219,9 @@ class AgentProcess:
         endpoints = json.loads(run_dir.endpoints.read_text())
         self.peer_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
         self.transport: Transport | None = None
-        self.world = WorldClient(endpoints["world"], agent_id)
+        self.world = WorldClient(  # CURVE when the run is spread over hosts (issue 17)
+            endpoints["world"], agent_id, curve=load_world_client_keys(run_dir.root, agent_id)
+        )
         self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
         self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))
         self.algorithm.record = self.activations.record

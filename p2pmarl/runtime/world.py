@@ -29,6 +29,7 @@ from p2pmarl.runtime.world_link import (
     LinkTimeout,
     WorldServer,
     env_groups,
+    load_world_server_keys,
 )
 
 FALLBACK_ACTION = 0
@@ -128,7 +129,9 @@ class World:
         self.phase_steps = self.phases[0].steps
         world_seed, _ = process_seeds(config.seed, n_agents)
         self.vector = VectorWorld(config, n_agents, world_seed)
-        self.server = WorldServer(endpoint, self.learners)
+        # CURVE on the world link when the run is spread over hosts (issue 17, hosts.py)
+        self.server = WorldServer(endpoint, self.learners,
+                                  curve=load_world_server_keys(run_dir.root, self.learners))
         self.events = MetricsRecorder(run_dir.world_events)
         self.dead: set[int] = set()
         """Learners whose process is lost; they get no messages and act FALLBACK_ACTION."""

@@ -6,16 +6,27 @@ observations, own rewards, done flags and joint actions go down; only actions an
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from p2pmarl.runtime.codec import WORLD, CodecError, Message, decode, encode
-from p2pmarl.runtime.transport import agent_of, identity_of
+from p2pmarl.runtime.transport import (
+    KEYS_DIR,
+    CurveKeys,
+    _NeighbourKeys,
+    agent_key_file,
+    agent_of,
+    identity_of,
+    public_keys_file,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +56,39 @@ def env_groups(n_envs: int) -> list[range]:
     return [range(0, half), range(half, n_envs)] if n_envs > 1 else [range(0, n_envs)]
 
 
+WORLD_KEY = "world"
+"""Name of the world's key pair in a run spread over hosts: ``keys/world.key`` (its secret, on
+the world's host only) and ``public.json["world"]`` (made by ``p2pmarl keys``)."""
+
+
+def world_key_file(run_dir_root: str | Path) -> Path:
+    return Path(run_dir_root) / KEYS_DIR / f"{WORLD_KEY}.key"
+
+
+def load_world_server_keys(run_dir_root: str | Path, n_agents: int) -> CurveKeys | None:
+    """The world's CURVE key pair and every agent's public key; None without ``world.key``
+    (a run on one host, whose world link is an ipc:// socket)."""
+    path = world_key_file(run_dir_root)
+    if not path.exists():
+        return None
+    own = json.loads(path.read_text())
+    public = json.loads(public_keys_file(run_dir_root).read_text())
+    return CurveKeys(own["public"], own["secret"], {a: public[str(a)] for a in range(n_agents)})
+
+
+def load_world_client_keys(run_dir_root: str | Path, agent_id: int) -> CurveKeys | None:
+    """An agent's key pair and the world's public key (as ``neighbours[WORLD]``); None when the
+    run's public keys have no world key (a run on one host)."""
+    path = public_keys_file(run_dir_root)
+    if not path.exists():
+        return None
+    public = json.loads(path.read_text())
+    if WORLD_KEY not in public:
+        return None
+    own = json.loads(agent_key_file(run_dir_root, agent_id).read_text())
+    return CurveKeys(own["public"], own["secret"], {WORLD: public[WORLD_KEY]})
+
+
 class LinkTimeout(TimeoutError):
     """The other side of the world link did not answer in time."""
 
@@ -52,15 +96,35 @@ class LinkTimeout(TimeoutError):
 class WorldServer:
     """World side: one ROUTER socket that talks to every agent."""
 
-    def __init__(self, endpoint: str, n_agents: int, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str, n_agents: int, context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        """With ``curve`` (tcp:// across hosts) the socket is a CURVE server that admits only
+        the agents' public keys (``curve.neighbours``)."""
         self.n_agents = n_agents
         self.rejected: Counter[str] = Counter()
         self.lost: set[int] = set()
         """Agents found unreachable (their process is gone); the world decides what follows."""
+        self.seen: set[int] = set()
+        """Agents heard from at least once. One not yet heard from is not lost when a send to it
+        fails, only not connected yet (its host may start later): the first gather's timeout
+        decides about it."""
         self._held: dict[int, deque[Message]] = {}
-        self._socket = (context or zmq.Context.instance()).socket(zmq.ROUTER)
+        context = context or zmq.Context.instance()
+        self._authenticator: ThreadAuthenticator | None = None
+        self._socket = context.socket(zmq.ROUTER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        if curve is not None:
+            self._authenticator = ThreadAuthenticator(context, log=logger)
+            self._authenticator.start()
+            self._authenticator.configure_curve_callback(
+                domain="*", credentials_provider=_NeighbourKeys(WORLD, curve.neighbours.values())
+            )
+            self._socket.curve_secretkey = curve.secret
+            self._socket.curve_publickey = curve.public
+            self._socket.curve_server = True
         self._socket.bind(endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
@@ -72,6 +136,8 @@ class WorldServer:
             self._socket.send_multipart([identity_of(agent), frame], zmq.NOBLOCK)
         except (zmq.Again, zmq.ZMQError):
             self.rejected["agent_unreachable"] += 1
+            if agent not in self.seen:
+                return False
             if agent not in self.lost:
                 logger.warning("world: agent %d is unreachable", agent)
             self.lost.add(agent)
@@ -185,6 +251,7 @@ class WorldServer:
             return self._reject(error.reason, error.detail)
         if sender is None or sender != message.sender or not 0 <= sender < self.n_agents:
             return self._reject("spoofed_sender", f"link {parts[0]!r} claims {message.sender}")
+        self.seen.add(sender)
         return message
 
     def _reject(self, reason: str, detail: str) -> None:
@@ -195,17 +262,28 @@ class WorldServer:
     def close(self) -> None:
         """Close after queued frames (the final ``stop``s) are delivered, for up to a second."""
         self._socket.close(linger=CLOSE_LINGER_MS)
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
 
 
 class WorldClient:
     """Agent side of the world link."""
 
-    def __init__(self, endpoint: str, agent_id: int, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self, endpoint: str, agent_id: int, context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        """With ``curve``: a CURVE client of the world (server key ``curve.neighbours[WORLD]``)."""
         self.agent_id = agent_id
         self.rejected: Counter[str] = Counter()
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.IDENTITY, identity_of(agent_id))
+        if curve is not None:
+            self._socket.curve_secretkey = curve.secret
+            self._socket.curve_publickey = curve.public
+            self._socket.curve_serverkey = curve.neighbours[WORLD]
         self._socket.connect(endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
