@@ -16,8 +16,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _FLAG_HELP = {
     "topology": "topology file (YAML/JSON spec, GraphML, GML, edge list, adjacency list)",
-    "env": "environment: spread, spread-shared, treasure, tag",
-    "algo": "algorithm: itrpo, matrpo, ctrpo",
+    "env": "environment: spread, spread-shared, treasure, tag, ipd, rps, or MODULE:FACTORY "
+    "(any PettingZoo Parallel env)",
+    "algo": "algorithm: itrpo, matrpo, ctrpo, hatrpo, happo, dimapg, fdmarl, maddpg, "
+    "genetic-maddpg, metamapg",
     "iterations": "training iterations",
     "steps_per_iteration": "M, environment steps per iteration over all copies",
     "n_envs": "K, environment copies stepped in parallel",

@@ -26,9 +26,11 @@ class RunConfig:
     topology: str = "topologies/ring3.yaml"
     """Topology file; N (number of agents) comes from it."""
     env: str = "spread"
-    """Environment name: spread, spread-shared, treasure, tag."""
+    """Environment: spread, spread-shared, treasure, tag, ipd, rps, or ``MODULE:FACTORY`` (any
+    PettingZoo Parallel env by import path, docs/environments.md)."""
     algo: str = "matrpo"
-    """Algorithm variant: itrpo, matrpo, ctrpo."""
+    """Algorithm variant: itrpo, matrpo, ctrpo, hatrpo, happo, dimapg, fdmarl, maddpg,
+    genetic-maddpg, metamapg (``p2pmarl.algos.ALGORITHMS``)."""
     iterations: int = 5
     """Training iterations (rollout → local learning → peer phase)."""
     steps_per_iteration: int = 2000

@@ -31,7 +31,8 @@ COMMON = [
     "--seed", "3", "--no-progress", "--json",
 ]
 EXTRA: list[str] = ["--env-backend", "mpe2"]
-"""Flags that pin the reference configuration where a later default differs (none yet)."""
+"""Flags that pin the reference configuration where a later default differs: the batched
+particle world became the default backend (issue 15); the hashes were recorded on mpe2."""
 
 
 def parameter_hash(checkpoint: Path) -> str:

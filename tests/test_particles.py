@@ -196,7 +196,8 @@ def test_observation_groups_are_runs_of_equal_sizes():
 
 def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
     """Found at 128 agents: probing during the connect gather marked agents not connected yet
-    as lost. With ``probe=False`` a late agent is gathered; with probes it is lost."""
+    as lost. The connect gather now sends no probes (``probe=False``), and a probe that fails
+    for an agent never heard from does not count it lost either (issue 17): both gather it."""
     import threading
     import time
 
@@ -223,5 +224,5 @@ def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
             thread.join()
             server.close()
             context.destroy(linger=0)
-        assert (0 in received) == (not probe)
-        assert (0 in server.lost) == probe
+        assert 0 in received, f"probe={probe}: the late agent was not gathered"
+        assert 0 not in server.lost, f"probe={probe}: the late agent was marked lost"
