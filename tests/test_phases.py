@@ -122,3 +122,18 @@ def test_too_few_copies_for_the_groups_is_a_config_error(monkeypatch, tmp_path):
                        algo="phaseprobe", n_envs=2, out=str(tmp_path))
     with pytest.raises(ConfigError, match="n_envs ≥ 3"):
         launch(config, show_progress=False)
+
+
+def test_progress_counts_the_env_steps_of_every_phase(tmp_path):
+    """The live progress shows env steps over all rollout phases of an iteration, not T·K."""
+    from p2pmarl.algos import algorithm_class
+    from p2pmarl.config import RunConfig
+    from p2pmarl.runtime.progress import ProgressView
+    from p2pmarl.runtime.rundir import RunDir
+
+    config = RunConfig(algo="dimapg", env="spread-shared", n_envs=6, steps_per_iteration=600)
+    phases = algorithm_class("dimapg").rollout_phases(config, 3)
+    assert len(phases) > 1
+    view = ProgressView(RunDir(tmp_path), config, 3, 0, enabled=False)
+    assert view.steps_per_iteration == sum(p.steps for p in phases) * 6
+    assert view.steps_per_iteration > config.rollout_length * config.n_envs

@@ -8,6 +8,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from p2pmarl.algos import algorithm_class
 from p2pmarl.config import RunConfig
 from p2pmarl.runtime.rundir import RunDir
 from p2pmarl.runtime.summary import team_return_curve
@@ -27,6 +28,9 @@ class ProgressView:
         self.n_agents = n_agents
         self.start = start
         self.enabled = enabled
+        phases = algorithm_class(config.algo).rollout_phases(config, n_agents)
+        self.steps_per_iteration = sum(phase.steps for phase in phases) * config.n_envs
+        """Env transitions of one iteration over all its rollout phases and copies."""
         self.ended: set[int] = set()
         """Agents that crashed for good (the launcher shares its set): left out of the curve."""
         self.console = Console(stderr=True)
@@ -68,7 +72,7 @@ class ProgressView:
             return
         latest = curve[-1] if curve else None
         text = "-" if latest is None else f"{latest:.2f}"
-        steps = done * self.config.rollout_length * self.config.n_envs
+        steps = done * self.steps_per_iteration
         if self._progress is not None:
             self._progress.update(self._task, completed=done, steps=steps, team_return=text)
         else:
@@ -77,7 +81,7 @@ class ProgressView:
                 shown = "-" if value is None else f"{value:.2f}"
                 self.console.print(
                     f"iteration {iteration + 1}/{self.config.iterations}  "
-                    f"env steps {(iteration + 1) * self.config.rollout_length * self.config.n_envs}"
+                    f"env steps {(iteration + 1) * self.steps_per_iteration}"
                     f"  team return {shown}"
                 )
         self._shown = done
