@@ -109,3 +109,44 @@ def launch_failure(result: Any) -> str | None:
         f"{result.exit_code}, failed process {result.summary.get('failed_process')!r}; "
         f"run dir {result.run_dir}\n{details}"
     )
+
+
+def plot_seed_curves(
+    results: list[dict[str, Any]],
+    colours: dict[str, str],
+    title: str,
+    path: Path,
+    ylabel: str = "team return (Σ over agents, per episode)",
+) -> None:
+    """Learning curves per algorithm: one thin line per seed, a thick mean over seeds.
+
+    ``results`` are bench rows with ``algo``, ``curve`` (team return per iteration) and
+    ``env_steps`` (of the whole run); curves are cut to the shortest one of their algorithm.
+    """
+    import statistics
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for algo, colour in colours.items():
+        rows = [r for r in results if r["algo"] == algo and r["curve"]]
+        if not rows:
+            continue
+        length = min(len(r["curve"]) for r in rows)
+        per_iteration = rows[0]["env_steps"] / len(rows[0]["curve"])
+        steps = [(i + 1) * per_iteration for i in range(length)]
+        for row in rows:
+            axes.plot(steps, row["curve"][:length], color=colour, alpha=0.25, linewidth=0.8)
+        mean = [statistics.fmean(r["curve"][i] for r in rows) for i in range(length)]
+        label = algo + (" (centralized reference)" if algo == "ctrpo" else "")
+        axes.plot(steps, mean, color=colour, linewidth=2, label=label)
+    axes.set_xlabel("environment steps")
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

@@ -14,6 +14,7 @@ import json
 import statistics
 from pathlib import Path
 
+from bench.common import plot_seed_curves
 from p2pmarl.config import RunConfig
 from p2pmarl.runtime.launcher import launch
 
@@ -38,28 +39,9 @@ def run_one(algo: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for algo, colour in zip(ALGORITHMS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
-        curves = [r["curve"] for r in results if r["algo"] == algo]
-        if not curves:
-            continue
-        steps = [(i + 1) * results[0]["env_steps"] / len(curves[0]) for i in range(len(curves[0]))]
-        mean = [statistics.fmean(values) for values in zip(*curves, strict=True)]
-        for curve in curves:
-            axes.plot(steps, curve, color=colour, alpha=0.25, linewidth=0.8)
-        label = algo + (" (centralized reference)" if algo == "ctrpo" else "")
-        axes.plot(steps, mean, color=colour, linewidth=2, label=label)
-    axes.set_xlabel("environment steps")
-    axes.set_ylabel("team return (Σ over agents, per episode)")
-    axes.set_title("spread N=3, ring3: mean over seeds (thin: single seeds)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    colours = dict(zip(ALGORITHMS, ("tab:blue", "tab:orange", "tab:green"), strict=True))
+    plot_seed_curves(results, colours, "spread N=3, ring3: mean over seeds (thin: single seeds)",
+                     path)
 
 
 def main() -> None:

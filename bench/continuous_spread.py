@@ -17,7 +17,7 @@ import json
 import statistics
 from pathlib import Path
 
-from bench.common import RESULTS, emit, load_average, topology
+from bench.common import RESULTS, emit, load_average, plot_seed_curves, topology
 from p2pmarl.config import RunConfig
 from p2pmarl.runtime.launcher import launch
 
@@ -47,28 +47,9 @@ def run_one(algo: str, seed: int, args: argparse.Namespace) -> dict:
 
 
 def plot(results: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for algo, colour in zip(ALGORITHMS, ("tab:blue", "tab:orange"), strict=True):
-        curves = [r["curve"] for r in results if r["algo"] == algo]
-        if not curves:
-            continue
-        per_iteration = results[0]["env_steps"] / len(curves[0])
-        steps = [(i + 1) * per_iteration for i in range(len(curves[0]))]
-        mean = [statistics.fmean(values) for values in zip(*curves, strict=True)]
-        for curve in curves:
-            axes.plot(steps, curve, color=colour, alpha=0.25, linewidth=0.8)
-        axes.plot(steps, mean, color=colour, linewidth=2, label=algo)
-    axes.set_xlabel("environment steps")
-    axes.set_ylabel("team return (Σ over agents, per 25-step episode)")
-    axes.set_title("continuous simple_spread N=3 (mpe2, by import path), ring3")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    colours = dict(zip(ALGORITHMS, ("tab:blue", "tab:orange"), strict=True))
+    plot_seed_curves(results, colours, "continuous simple_spread N=3 (mpe2, by import path), ring3",
+                     path, ylabel="team return (Σ over agents, per 25-step episode)")
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from bench.common import RESULTS, emit, launch_failure, load_average, topology
+from bench.common import RESULTS, emit, launch_failure, load_average, plot_seed_curves, topology
 from p2pmarl.config import RunConfig
 from p2pmarl.runtime.launcher import launch
 
@@ -87,30 +87,10 @@ def targets(rows: dict) -> dict:
 
 
 def plot(results: list[dict], algos: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for algo in algos:
-        curves = [r["curve"] for r in results if r["algo"] == algo and r["curve"]]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        per_iteration = results[0]["env_steps"] / len(results[0]["curve"])
-        steps = [(i + 1) * per_iteration for i in range(length)]
-        for curve in curves:
-            axes.plot(steps, curve[:length], color=COLOURS[algo], alpha=0.25, linewidth=0.8)
-        mean = [statistics.fmean(c[i] for c in curves) for i in range(length)]
-        label = algo + (" (centralized reference)" if algo == "ctrpo" else "")
-        axes.plot(steps, mean, color=COLOURS[algo], linewidth=2, label=label)
-    axes.set_xlabel("environment steps")
-    axes.set_ylabel("team return (Σ over agents, per episode)")
-    axes.set_title("spread-shared N=3, ring3: mean over seeds (thin: single seeds)")
-    axes.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    colours = {algo: COLOURS[algo] for algo in algos}
+    plot_seed_curves(
+        results, colours, "spread-shared N=3, ring3: mean over seeds (thin: single seeds)", path
+    )
 
 
 def main() -> int:
