@@ -153,12 +153,14 @@ def _same_host_run(namespace: str, tmp: Path, out: Path, extra: list[str]) -> Pa
 
 
 def _admm_records(run: Path) -> list[dict]:
-    """Every agent's ADMM activation records without their timings."""
+    """Every agent's ADMM activation records without their timings and byte counts (a
+    retransmitted copy, which load can cause, adds bytes but changes no number)."""
     rows = []
     for path in sorted(run.glob("agents/agent-*/admm.jsonl")):
         for line in path.read_text().splitlines():
             record = json.loads(line)
-            rows.append({k: v for k, v in record.items() if not k.endswith("_seconds")})
+            rows.append({k: v for k, v in record.items()
+                         if not k.endswith("_seconds") and k != "bytes_sent"})
     return rows
 
 
