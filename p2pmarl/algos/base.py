@@ -250,6 +250,18 @@ class AgentAlgorithm(ABC):
         """Exchange with neighbours and finish the policy update; the default sends nothing."""
         return {}
 
+    def check_checkpoint_owner(self, state: Mapping[str, Any]) -> None:
+        """ValueError unless checkpoint ``state`` was saved by this variant for this agent (its
+        ``algorithm`` and ``agent_id`` entries); :meth:`load_state_dict` calls it first."""
+        if state.get("algorithm") != self.name or state.get("agent_id") != getattr(
+            self, "agent_id", None
+        ):
+            raise ValueError(
+                f"checkpoint of {state.get('algorithm')!r} agent {state.get('agent_id')} cannot "
+                f"be loaded into {self.name!r} agent {getattr(self, 'agent_id', None)}; pick that "
+                "agent's file"
+            )
+
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
         """Networks, optimizer state and RNG state, for checkpoints (torch.save-able)."""

@@ -444,11 +444,7 @@ class FDMARL(AgentAlgorithm):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (for the same algorithm and agent)."""
-        if state.get("algorithm") != self.name or state.get("agent_id") != self.agent_id:
-            raise ValueError(
-                f"checkpoint of {state.get('algorithm')!r} agent {state.get('agent_id')} cannot "
-                f"be loaded into {self.name!r} agent {self.agent_id}; pick that agent's file"
-            )
+        self.check_checkpoint_owner(state)
         self.policy.load_state_dict(state["policy"])
         self.critic.load_state_dict(state["critic"])
         self.actor_optimizer.load_state_dict(state["actor_optimizer"])

@@ -482,11 +482,7 @@ class MADDPG(AgentAlgorithm):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("algorithm") != self.name or state.get("agent_id") != self.agent_id:
-            raise ValueError(
-                f"checkpoint of {state.get('algorithm')!r} agent {state.get('agent_id')} cannot "
-                f"be loaded into {self.name!r} agent {self.agent_id}; pick that agent's file"
-            )
+        self.check_checkpoint_owner(state)
         self.learner.load_state_dict(state["learner"])
         self.replay.load_state_dict(state["replay"])
         self.schedule.load_state_dict(state["schedule"])
