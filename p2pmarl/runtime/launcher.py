@@ -273,6 +273,10 @@ class Launcher:
 
     def spawn(self) -> None:
         _preload()
+        # ``at_seconds`` counts from here: the preload's imports (seconds on a loaded machine)
+        # are not part of the run, and a clock started before them could fire before the
+        # agents have even connected.
+        self.crash_plan.started = time.monotonic()
         self._spawn("world", CHILD_MODULES[0], self._common(self.start), self.run_dir.world_log)
         for agent in range(self.n_agents):
             self._spawn_agent(agent, self.start, life=0)
