@@ -23,10 +23,16 @@ multi-process run uses the default backend (batched). The single-process loop us
 the runtime's four processes can use both cores of a 2-core machine but pay for messaging on
 every step.
 
+With ``--baseline DIR`` (a checkout of an earlier commit, e.g. ``git worktree add --detach
+/tmp/base COMMIT``) every round also runs b in that checkout (``baseline_multi_process``, a
+subprocess of this interpreter with ``DIR`` first on ``sys.path``), so a change to the runtime is
+measured before and after side by side; ``ratio_to_baseline`` = b ÷ baseline b.
+
 Run from the repository root (``python bench/throughput.py ...`` works too)::
 
     . .venv/bin/activate
     python -m bench.throughput [--rounds 2] [--single-steps 5000] [--iterations 3] [--seed 0]
+                               [--baseline DIR]
 
 The last stdout line is one JSON object; it is also saved as ``<out>/throughput-<UTC>.json``.
 """
@@ -34,7 +40,11 @@ The last stdout line is one JSON object; it is also saved as ``<out>/throughput-
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -144,6 +154,46 @@ def multi_process(iterations: int, seed: int, out: Path) -> dict:
     return row
 
 
+BASELINE_SCRIPT = """
+import json, sys
+from pathlib import Path
+from bench.common import ring3_itrpo_config
+from p2pmarl.runtime.launcher import launch
+from p2pmarl.runtime.rundir import RunDir, read_jsonl
+config = ring3_itrpo_config(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]))
+launched = launch(config, show_progress=False)
+rollouts = [e for e in read_jsonl(RunDir(launched.run_dir).world_events)
+            if e.get("event") == "rollout" and e["iteration"] > 0]
+print(json.dumps({"status": launched.summary.get("status"), "run_dir": str(launched.run_dir),
+                  "steps": config.rollout_length * config.n_envs,
+                  "seconds": [e["rollout_seconds"] for e in rollouts]}))
+"""
+
+
+def baseline_multi_process(checkout: Path, iterations: int, seed: int, out: Path) -> dict:
+    """b measured with the code of another checkout (the same launch, in a subprocess)."""
+    result = subprocess.run(
+        [sys.executable, "-c", BASELINE_SCRIPT, str(iterations), str(seed), str(out)],
+        cwd=checkout, env={**os.environ, "PYTHONPATH": str(checkout)},
+        capture_output=True, text=True, timeout=1800,
+    )
+    row: dict = {"kind": "baseline_multi_process", "checkout": str(checkout)}
+    try:
+        measured = json.loads(result.stdout.strip().splitlines()[-1])
+    except (IndexError, json.JSONDecodeError):
+        row["error"] = f"baseline run failed: {result.stderr[-500:]}"
+        return row
+    if measured["status"] != "completed" or not measured["seconds"]:
+        row["error"] = f"baseline run {measured['run_dir']} did not complete"
+        return row
+    seconds = sum(measured["seconds"])
+    transitions = len(measured["seconds"]) * measured["steps"]
+    row.update({"run_dir": measured["run_dir"], "transitions": transitions,
+                "seconds": round(seconds, 3),
+                "transitions_per_second": round(transitions / seconds, 1)})
+    return row
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
@@ -151,6 +201,8 @@ def main() -> int:
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="a checkout of an earlier commit: also measure b with its code")
     args = parser.parse_args()
     if args.iterations < 2:
         parser.error("--iterations must be ≥ 2: the first rollout is a warm-up")
@@ -160,10 +212,15 @@ def main() -> int:
         measurements.append(single_process(args.single_steps, args.seed, "mpe2"))
         measurements.append(single_process(args.single_steps, args.seed, "batched"))
         measurements.append(multi_process(args.iterations, args.seed, args.out))
+        if args.baseline is not None:
+            measurements.append(
+                baseline_multi_process(args.baseline, args.iterations, args.seed, args.out)
+            )
     single = [m for m in measurements if m["kind"] == "single_process_mpe2"]
     single_batched = [m for m in measurements if m["kind"] == "single_process_batched"]
     multi = [m for m in measurements if m["kind"] == "multi_process"]
-    errors = [m["error"] for m in multi if m.get("error")]
+    baseline = [m for m in measurements if m["kind"] == "baseline_multi_process"]
+    errors = [m["error"] for m in multi + baseline if m.get("error")]
     result: dict = {
         "status": "ok" if not errors else "failed",
         "errors": errors,
@@ -195,6 +252,11 @@ def main() -> int:
                 "target_met": b / a >= TARGET_RATIO,
             }
         )
+        if baseline:
+            b_old = statistics.fmean(m["transitions_per_second"] for m in baseline)
+            result.update({"baseline_checkout": str(args.baseline),
+                           "baseline_multi_process_tps": round(b_old, 1),
+                           "ratio_to_baseline": round(b / b_old, 3)})
     return emit("throughput", result, args.out)
 
 

@@ -21,7 +21,7 @@ from p2pmarl.envs import make_env
 from p2pmarl.envs.particles import SCENARIOS, make_batched
 from p2pmarl.envs.particles.base import as_rows, observation_groups
 from p2pmarl.runtime.world import VectorWorld
-from p2pmarl.runtime.world_link import env_groups
+from p2pmarl.runtime.world_link import acting_chunks
 from tests import test_golden
 
 TOLERANCE = 1e-5
@@ -126,8 +126,9 @@ def test_batched_world_matches_mpe2_with_more_agents(name, n_agents):
 
 
 @pytest.mark.parametrize("backend", ["batched", "mpe2"])
-def test_vector_world_backends_agree_over_pipelined_groups(backend):
-    """VectorWorld steps groups of rows (as the world does); both backends give one answer."""
+def test_vector_world_backends_agree_over_groups_of_rows(backend):
+    """VectorWorld steps any group of rows (here the agents' acting chunks); both backends give
+    one answer."""
     config = RunConfig(env="tag", n_envs=5, episode_length=7)
     reference = VectorWorld(RunConfig(env="tag", n_envs=5, episode_length=7, env_backend="mpe2"),
                             4, seed=11)
@@ -135,7 +136,7 @@ def test_vector_world_backends_agree_over_pipelined_groups(backend):
     assert (world.batched is not None) == (backend == "batched")
     rng = np.random.default_rng(0)
     for _ in range(20):
-        for rows in env_groups(5):
+        for rows in acting_chunks(5):
             actions = rng.integers(0, 5, (len(rows), 4))
             got, want = world.step(rows, actions), reference.step(rows, actions)
             np.testing.assert_array_equal(got.rewards, want.rewards)

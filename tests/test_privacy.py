@@ -27,8 +27,8 @@ REPO = Path(__file__).resolve().parents[1]
 K = 4
 CONTROL = {"hello", "heartbeat"}
 ADMM_CONTROL_FIELDS = {"activation", "version", "fingerprint", "reply"} | RELIABLE_FIELDS
-WORLD_TO_AGENT = {"t", "group", "last", "obs", "reward", "done", "joint_action"}
-AGENT_TO_WORLD = {("ready", ()), ("act", ("actions", "group", "t"))}
+WORLD_TO_AGENT = {"t", "last", "obs", "reward", "done", "joint_action"}
+AGENT_TO_WORLD = {("ready", ()), ("act", ("actions", "t"))}
 
 
 def _recording_encoder(log: Path):
@@ -71,14 +71,14 @@ def test_only_allowed_content_crosses_each_wire(algo, tmp_path, monkeypatch, no_
             assert row["kind"] in {"step", "stop", "ping"}  # ping: liveness probe, empty body
             assert set(row["keys"]) <= WORLD_TO_AGENT
             if "reward" in row["shapes"]:
-                rows = row["shapes"]["done"][0]  # copies in this pipeline group
-                assert row["shapes"]["reward"] == [rows], "an agent got someone else's reward"
+                assert row["shapes"]["done"] == [K]  # every copy, one message per step
+                assert row["shapes"]["reward"] == [K], "an agent got someone else's reward"
                 own = env_spec("spread", 4).observation_sizes[receiver]
-                assert row["shapes"]["obs"] == [rows, own], "someone else's observation"
+                assert row["shapes"]["obs"] == [K, own], "someone else's observation"
         elif receiver == WORLD:
             assert (row["kind"], tuple(row["keys"])) in AGENT_TO_WORLD
             if row["kind"] == "act":
-                assert row["shapes"]["actions"] == [K // 2]
+                assert row["shapes"]["actions"] == [K]
         else:
             assert receiver in topology.neighbours(sender), row
             assert row["kind"] in peer_kinds, row

@@ -34,7 +34,7 @@ from p2pmarl.runtime.world_link import (
     WELCOME,
     LinkTimeout,
     WorldClient,
-    env_groups,
+    acting_chunks,
     load_world_client_keys,
 )
 from p2pmarl.topology import Topology, load_topology
@@ -114,31 +114,28 @@ class Rollout:
         joint_actions = np.empty((T, K, W), dtype=action_dtype)
         rewards = np.empty((T, K), dtype=np.float32)
         dones = np.empty((T, K), dtype=bool)
+        chunks = acting_chunks(K)
+        rows = range(K)
         message = first
         for t in range(T + 1):
-            for group, rows in enumerate(env_groups(K)):
-                if message is None:
-                    message = world.receive(STEP, self.config.step_timeout)
-                self._check_position(message, t, group)
-                observations[t, rows.start : rows.stop] = self._observations(message, len(rows))
-                if t > 0:
-                    cut = slice(rows.start, rows.stop)
-                    joint_actions[t - 1, cut], reward, dones[t - 1, cut] = self._outcome(
-                        message, len(rows)
-                    )
-                    rewards[t - 1, cut] = reward.sum(axis=1) if self.centralized else reward
-                    self.tracker.add(rows, reward, dones[t - 1, cut])
-                if t < T:
-                    own = observations[t, rows.start : rows.stop]
-                    actions = (
-                        algorithm.act(own) if layout is None
-                        else algorithm.act_in_phase(own, phase, layout[rows.start : rows.stop])
-                    )
-                    world.send("act", iteration, {
-                        "actions": actions.astype(action_dtype, copy=False), "t": t,
-                        "group": group,
-                    })
-                message = None
+            if message is None:
+                message = world.receive(STEP, self.config.step_timeout)
+            self._check_position(message, t)
+            observations[t] = self._observations(message, K)
+            if t > 0:
+                joint_actions[t - 1], reward, dones[t - 1] = self._outcome(message, K)
+                rewards[t - 1] = reward.sum(axis=1) if self.centralized else reward
+                self.tracker.add(rows, reward, dones[t - 1])
+            if t < T:
+                actions = np.concatenate([
+                    self._act(algorithm, observations[t, chunk.start : chunk.stop], phase,
+                              None if layout is None else layout[chunk.start : chunk.stop])
+                    for chunk in chunks
+                ])
+                world.send("act", iteration, {
+                    "actions": actions.astype(action_dtype, copy=False), "t": t,
+                })
+            message = None
         return Batch(
             agent_id=self.agent_id,
             observations=observations[:T],
@@ -151,12 +148,18 @@ class Rollout:
         )
 
     @staticmethod
-    def _check_position(message: Message, t: int, group: int) -> None:
-        position = (message.body.get("t"), message.body.get("group"))
-        if position != (t, group):
+    def _act(
+        algorithm: AgentAlgorithm, own: np.ndarray, phase: RolloutPhase | None,
+        layout: np.ndarray | None,
+    ) -> np.ndarray:
+        """Own actions for one :func:`acting_chunks` chunk of the copies."""
+        return algorithm.act(own) if layout is None else algorithm.act_in_phase(own, phase, layout)
+
+    @staticmethod
+    def _check_position(message: Message, t: int) -> None:
+        if message.body.get("t") != t:
             raise CodecError(
-                "out_of_order", f"expected step {t} group {group}, got step {position[0]} "
-                f"group {position[1]}"
+                "out_of_order", f"expected step {t}, got step {message.body.get('t')}"
             )
 
     def _observations(self, message: Message, n_rows: int) -> np.ndarray:

@@ -24,7 +24,8 @@ class CrashPlan:
 
     spec: FaultSpec | None
     started: float = field(default_factory=time.monotonic)
-    """``time.monotonic()`` when the run started: the origin of ``at_seconds``."""
+    """``time.monotonic()`` when the run started (the launcher sets it just before it forks the
+    run's processes, after its preload): the origin of ``at_seconds``."""
     lives: dict[int, int] = field(default_factory=dict)
     """Current life of every agent that has crashed at least once."""
     ended: set[int] = field(default_factory=set)

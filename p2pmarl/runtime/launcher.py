@@ -59,6 +59,11 @@ class LaunchError(RuntimeError):
 
 CHILD_MODULES = ("p2pmarl.runtime.world", "p2pmarl.runtime.agent")
 """Imported once by the launcher, then forked: 24 agents start in well under a second."""
+LAZY_MODULES = ("torch.fx.experimental.symbolic_shapes",)
+"""Modules torch imports only on first use inside a learning step, preloaded for the same reason:
+``torch.autograd.grad`` with ``grad_outputs`` (every Fisher-vector product) imports
+``symbolic_shapes`` and with it sympy, about 2 s of CPU and 40 MB of private memory in every
+agent process that imports it itself (issue 15)."""
 
 
 @dataclass
@@ -240,7 +245,7 @@ def _preload() -> None:
     Creating a network triggers torch's lazy imports; ``gc.freeze`` keeps the children's first
     garbage collections from touching (and so copying) the inherited objects.
     """
-    for module in CHILD_MODULES:
+    for module in (*CHILD_MODULES, *LAZY_MODULES):
         importlib.import_module(module)
     from p2pmarl.algos.networks import CategoricalPolicy
 
@@ -268,6 +273,10 @@ class Launcher:
 
     def spawn(self) -> None:
         _preload()
+        # ``at_seconds`` counts from here: the preload's imports (seconds on a loaded machine)
+        # are not part of the run, and a clock started before them could fire before the
+        # agents have even connected.
+        self.crash_plan.started = time.monotonic()
         self._spawn("world", CHILD_MODULES[0], self._common(self.start), self.run_dir.world_log)
         for agent in range(self.n_agents):
             self._spawn_agent(agent, self.start, life=0)

@@ -28,7 +28,6 @@ from p2pmarl.runtime.world_link import (
     WELCOME,
     LinkTimeout,
     WorldServer,
-    env_groups,
     load_world_server_keys,
 )
 
@@ -213,32 +212,33 @@ class World:
             self._rollout_phase(iteration, phase.steps)
 
     def _rollout_phase(self, iteration: int, T: int) -> None:
-        """T steps of every copy, pipelined over :func:`env_groups`.
+        """T steps of every copy: one ``step`` message per learner and step.
 
-        Message (t, g) carries o_t of group g and the outcome of its step t−1; each agent answers
-        every message but the last (t = T) with its actions for that group.
+        Message t carries o_t of every copy and the outcome of step t−1; each learner answers
+        every message but the last (t = T) with its actions for every copy. (Until issue 15's
+        second session the copies went in two pipelined halves, one message each: with the
+        batched world's step far cheaper than a message, that doubled the messages and the
+        process wake-ups per step for no overlap worth having.)
         """
-        groups = env_groups(self.config.n_envs)
-        for group, rows in enumerate(groups):
-            self._send_step(iteration, 0, group, rows, None)
+        rows = range(self.config.n_envs)
+        self._send_step(iteration, 0, rows, None)
         for t in range(T):
             self.step = t + 1
-            for group, rows in enumerate(groups):
-                actions = self._gather_actions(iteration, t, group, rows)
-                outcome = self.vector.step(rows, actions)
-                self._send_step(iteration, t + 1, group, rows, outcome)
+            actions = self._gather_actions(iteration, t, len(rows))
+            outcome = self.vector.step(rows, actions)
+            self._send_step(iteration, t + 1, rows, outcome)
         self.step = 0
 
     def _send_step(
-        self, iteration: int, t: int, group: int, rows: range, previous: StepResult | None
+        self, iteration: int, t: int, rows: range, previous: StepResult | None
     ) -> None:
         for learner in self._live():
-            body = self._step_body(learner, t, group, rows, previous)
+            body = self._step_body(learner, t, rows, previous)
             self.server.send(learner, "step", iteration, body)
         self._update_liveness()
 
     def _step_body(
-        self, agent: int, t: int, group: int, rows: range, previous: StepResult | None
+        self, agent: int, t: int, rows: range, previous: StepResult | None
     ) -> dict:
         if self.centralized:
             observations = np.concatenate(
@@ -247,7 +247,7 @@ class World:
         else:
             observations = self.vector.agent_observations(agent, rows)
         last = t == self.phase_steps
-        body: dict = {"t": t, "group": group, "last": last, "obs": observations}
+        body: dict = {"t": t, "last": last, "obs": observations}
         if previous is not None:
             rewards = previous.rewards if self.centralized else previous.rewards[:, agent]
             body["reward"] = np.ascontiguousarray(rewards)
@@ -255,23 +255,23 @@ class World:
             body["joint_action"] = previous.joint_actions
         return body
 
-    def _gather_actions(self, iteration: int, t: int, group: int, rows: range) -> np.ndarray:
+    def _gather_actions(self, iteration: int, t: int, n_rows: int) -> np.ndarray:
         timeout = self.config.phase_timeout if t == 0 else self.config.step_timeout
         replies = self.server.gather("act", iteration, timeout, self._live())
         self._update_liveness()
         for message in replies.values():
-            if (message.body.get("t"), message.body.get("group")) != (t, group):
+            if message.body.get("t") != t:
                 raise CodecError(
                     "out_of_order",
-                    f"learner {message.sender} answered step {message.body.get('t')} group "
-                    f"{message.body.get('group')}, expected step {t} group {group}",
+                    f"learner {message.sender} answered step {message.body.get('t')}, "
+                    f"expected step {t}",
                 )
         if self.centralized:
-            return self._check_actions(range(self.n_agents), len(rows), replies[0])
+            return self._check_actions(range(self.n_agents), n_rows, replies[0])
         spec = self.vector.spec
-        joint = spec.fallback_joint_action(len(rows))  # FALLBACK_ACTION for who did not answer
+        joint = spec.fallback_joint_action(n_rows)  # FALLBACK_ACTION for who did not answer
         for agent, message in replies.items():
-            joint[:, spec.action_columns(agent)] = self._check_actions([agent], len(rows), message)
+            joint[:, spec.action_columns(agent)] = self._check_actions([agent], n_rows, message)
         return joint
 
     def _check_actions(

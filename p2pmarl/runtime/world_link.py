@@ -46,11 +46,16 @@ WELCOME = "welcome"
 iteration (its round) that the agent joins; step messages before it are not the agent's."""
 
 
-def env_groups(n_envs: int) -> list[range]:
-    """Split the K copies into two halves that are stepped and acted on in turn (one if K = 1).
+def acting_chunks(n_envs: int) -> list[range]:
+    """The row chunks an agent acts on, in order, within one step: two halves of the K copies
+    (one if K = 1).
 
-    While the world steps one half, the agents compute their actions for the other, so the
-    world's environment stepping and the agents' inference overlap instead of alternating.
+    The world sends every copy of a step in one message and takes every action back in one
+    reply; the agent still calls ``act`` once per half, in this order, because that is the order
+    in which the earlier pipelined protocol (one message per half) drew its random numbers: a
+    variant whose ``act`` draws more than one kind of number per call (C-TRPO's joint heads)
+    would otherwise draw them in another order, and seeded runs would change
+    (``tests/test_golden.py``).
     """
     half = (n_envs + 1) // 2
     return [range(0, half), range(half, n_envs)] if n_envs > 1 else [range(0, n_envs)]
@@ -87,6 +92,23 @@ def load_world_client_keys(run_dir_root: str | Path, agent_id: int) -> CurveKeys
         return None
     own = json.loads(agent_key_file(run_dir_root, agent_id).read_text())
     return CurveKeys(own["public"], own["secret"], {WORLD: public[WORLD_KEY]})
+
+
+def _receive_frames(
+    socket: zmq.Socket, poller: zmq.Poller, timeout: float, multipart: bool = False
+) -> Any:
+    """The next frame (``multipart``: list of frames) on ``socket``, waiting up to ``timeout``
+    seconds; None if none came. A frame already queued is taken without a poll: during a
+    rollout the answer is usually there by the time it is asked for, and a poll costs a
+    system call and a Python round trip per message."""
+    receive = socket.recv_multipart if multipart else socket.recv
+    try:
+        return receive(zmq.NOBLOCK)
+    except zmq.Again:
+        pass
+    if not poller.poll(max(0, int(timeout * 1000))):
+        return None
+    return receive()
 
 
 class LinkTimeout(TimeoutError):
@@ -239,9 +261,9 @@ class WorldServer:
         waiting.discard(message.sender)
 
     def _receive(self, timeout: float) -> Message | None:
-        if not self._poller.poll(max(0, int(timeout * 1000))):
+        parts = _receive_frames(self._socket, self._poller, timeout, multipart=True)
+        if parts is None:
             return None
-        parts = self._socket.recv_multipart()
         if len(parts) != 2:
             return self._reject("bad_frames", f"{len(parts)} frames")
         sender = agent_of(parts[0])
@@ -295,9 +317,9 @@ class WorldClient:
         """Next message of one of ``kinds`` from the world, or LinkTimeout."""
         deadline = time.monotonic() + timeout
         while (remaining := deadline - time.monotonic()) > 0:
-            if not self._poller.poll(max(1, int(remaining * 1000))):
+            frame = _receive_frames(self._socket, self._poller, max(remaining, 0.001))
+            if frame is None:
                 continue
-            frame = self._socket.recv()
             try:
                 message = decode(frame)
             except CodecError as error:
