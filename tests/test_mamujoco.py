@@ -16,6 +16,7 @@ import pytest
 
 from p2pmarl.envs import env_spec, make_env
 from p2pmarl.envs.base import ActionSpace
+from p2pmarl.envs.pettingzoo import resolve_factory
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = "mamujoco:HalfCheetah:2x3"
@@ -78,9 +79,18 @@ def test_unknown_scenarios_and_agent_confs_get_a_named_error(name, env_kwargs, m
         env_spec(name, 2, env_kwargs=env_kwargs)
 
 
+def test_an_attribute_bound_by_a_package_resolves_like_a_module():
+    # gymnasium_robotics.mamujoco_v1 is no module of its own: the package's __init__ binds it
+    factory = resolve_factory("gymnasium_robotics.mamujoco_v1:raw_parallel_env")
+    assert factory.__name__ == "MultiAgentMujocoEnv"
+    with pytest.raises(ValueError, match=r"cannot import module 'gymnasium_robotics\.nothing'"):
+        resolve_factory("gymnasium_robotics.nothing:parallel_env")
+
+
 def test_a_missing_extra_names_the_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "gymnasium_robotics", None)  # import now fails
-    for name, env_kwargs in ((SHORT, None), (IMPORT_PATH, KWARGS)):
+    raw = "gymnasium_robotics.mamujoco_v1:raw_parallel_env"  # the generic import-path route
+    for name, env_kwargs in ((SHORT, None), (IMPORT_PATH, KWARGS), (raw, KWARGS)):
         with pytest.raises(ValueError, match=r"pip install -e '\.\[mujoco\]'"):
             env_spec(name, 2, env_kwargs=env_kwargs)
 
@@ -95,17 +105,13 @@ def test_a_wrong_topology_size_is_refused():
     [("itrpo", SHORT, None), ("matrpo", IMPORT_PATH, KWARGS)],
     ids=["itrpo-shorthand", "matrpo-import-path"],
 )
-def test_one_training_iteration_on_halfcheetah_2x3(
-    no_leaked_processes, tmp_path, algo, env, env_kwargs
-):
+def test_one_training_iteration_on_halfcheetah_2x3(no_leaked_processes, algo, env, env_kwargs):
     out = no_leaked_processes
-    topology = tmp_path / "pair.yaml"
-    topology.write_text("name: pair\ngenerator: line\nn: 2\n")
     args = [
         sys.executable, "-m", "p2pmarl", "launch", "--env", env, "--algo", algo,
-        "--iterations", "1", "--topology", str(topology), "--steps-per-iteration", "120",
-        "--n-envs", "2", "--episode-length", "30", "--admm-iterations", "4",
-        "--out", str(out), "--no-progress", "--json",
+        "--iterations", "1", "--topology", str(REPO / "topologies/pair.yaml"),
+        "--steps-per-iteration", "120", "--n-envs", "2", "--episode-length", "30",
+        "--admm-iterations", "4", "--out", str(out), "--no-progress", "--json",
     ]
     if env_kwargs:
         args += ["--env-kwargs", env_kwargs]
