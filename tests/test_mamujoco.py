@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mujoco
 import numpy as np
 import pytest
 
@@ -46,6 +47,17 @@ def test_the_two_agents_drive_disjoint_joints_and_share_the_reward():
     applied = env.parallel.single_agent_env.unwrapped.data.ctrl
     np.testing.assert_allclose(applied, [0, 0, 0, 1, -1, 1])  # agent 0 = back leg, 1 = front
     env.close()
+
+
+def test_mujoco_warnings_go_to_the_log_not_to_a_file_in_the_working_folder(
+    tmp_path, monkeypatch, caplog
+):
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING", logger="p2pmarl.envs.mamujoco"):
+        make_env(SHORT, 2, 10).close()
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    if int(mujoco.__version__.split(".")[0]) >= 4:  # mujoco 4 warns about settotalmass
+        assert "MuJoCo: compiler attribute 'settotalmass'" in caplog.text
 
 
 @pytest.mark.parametrize(("length", "ends_at"), [(30, 30), (1000, 1000), (1200, 1000)])

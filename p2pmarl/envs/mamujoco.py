@@ -15,8 +15,11 @@ terminated), so run with ``--episode-length 1000`` to get the published episode.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Mapping
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "mamujoco:"
 """``--env`` names starting with this are ``mamujoco:SCENARIO:AGENT_CONF``."""
@@ -112,9 +115,24 @@ def check_factorization(module: Any, name: str, scenario: Any, agent_conf: Any) 
         ) from None
 
 
+def log_mujoco_warning(text: str) -> None:
+    """MuJoCo's warning handler for this process: one line in the process's log."""
+    logger.warning("MuJoCo: %s", text)
+
+
+def route_mujoco_warnings() -> None:
+    """Send MuJoCo's warnings to :func:`log_mujoco_warning`: MuJoCo's default handler appends
+    every one to ``MUJOCO_LOG.TXT`` in the working directory (mujoco 4 warns once per model
+    compiled, e.g. about HalfCheetah's deprecated ``settotalmass``)."""
+    mujoco = importlib.import_module("mujoco")
+    if hasattr(mujoco, "set_mju_user_warning"):
+        mujoco.set_mju_user_warning(log_mujoco_warning)
+
+
 def build(name: str, env_kwargs: Mapping[str, Any]) -> Any:
     """Build one MaMuJoCo Parallel env for ``name`` (either form), checked first."""
     kwargs = factory_kwargs(name, env_kwargs)
     module = import_module(name)
     check_factorization(module, name, kwargs["scenario"], kwargs["agent_conf"])
+    route_mujoco_warnings()
     return module.parallel_env(**kwargs)
