@@ -16,8 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 _FLAG_HELP = {
     "topology": "topology file (YAML/JSON spec, GraphML, GML, edge list, adjacency list)",
-    "env": "environment: spread, spread-shared, treasure, tag, ipd, rps, or MODULE:FACTORY "
-    "(any PettingZoo Parallel env)",
+    "env": "environment: spread, spread-shared, treasure, tag, ipd, rps, MODULE:FACTORY "
+    "(any PettingZoo Parallel env) or mamujoco:SCENARIO:AGENT_CONF (extra p2pmarl[mujoco])",
     "algo": "algorithm: itrpo, matrpo, ctrpo, hatrpo, happo, dimapg, fdmarl, maddpg, "
     "genetic-maddpg, metamapg",
     "iterations": "training iterations",

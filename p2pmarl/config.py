@@ -26,8 +26,9 @@ class RunConfig:
     topology: str = "topologies/ring3.yaml"
     """Topology file; N (number of agents) comes from it."""
     env: str = "spread"
-    """Environment: spread, spread-shared, treasure, tag, ipd, rps, or ``MODULE:FACTORY`` (any
-    PettingZoo Parallel env by import path, docs/environments.md)."""
+    """Environment: spread, spread-shared, treasure, tag, ipd, rps, ``MODULE:FACTORY`` (any
+    PettingZoo Parallel env by import path) or ``mamujoco:SCENARIO:AGENT_CONF`` (multi-agent
+    MuJoCo, extra ``p2pmarl[mujoco]``); docs/environments.md."""
     algo: str = "matrpo"
     """Algorithm variant: itrpo, matrpo, ctrpo, hatrpo, happo, dimapg, fdmarl, maddpg,
     genetic-maddpg, metamapg (``p2pmarl.algos.ALGORITHMS``)."""

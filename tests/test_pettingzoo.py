@@ -116,7 +116,6 @@ def test_module_dot_attribute_form_and_agent_order():
         (SPREAD, {"env_kwargs": '{"bogus": 1}'}, "bogus"),
         (TOY, {"env_kwargs": '{"observation": "dict"}'}, r"agent 'b'.*Dict\(.*\(Dict\) is not"),
         (TOY, {"env_kwargs": '{"observation": "text"}'}, r"agent 'b'.*\(Text\) is not supported"),
-        ("mamujoco:HalfCheetah:2x3", {}, "multi-agent MuJoCo is not supported yet"),
         ("spread", {"env_kwargs": "{}" + " "}, "only to an env given by import path"),
     ],
 )

@@ -19,6 +19,10 @@ Episodes
     until the episode ends for all: when ``env.agents`` is empty, or after ``episode_length``
     steps (the run's setting; the env's own limit, e.g. mpe2's ``max_cycles``, may end it
     sooner).
+
+Multi-agent MuJoCo
+    ``mamujoco:SCENARIO:AGENT_CONF`` and gymnasium-robotics' ``mamujoco_v1:parallel_env`` are
+    built by :mod:`p2pmarl.envs.mamujoco` (checked, optional extra), then handled as here.
 """
 
 from __future__ import annotations
@@ -31,10 +35,11 @@ from typing import Any
 
 import numpy as np
 
+from p2pmarl.envs import mamujoco
 from p2pmarl.envs.base import ActionSpace, EnvSpec, MultiAgentEnv
 
-MAMUJOCO_PREFIX = "mamujoco:"
-"""``mamujoco:SCENARIO:CONF`` (e.g. ``mamujoco:HalfCheetah:2x3``) is not supported yet."""
+OPTIONAL_EXTRAS = {"gymnasium_robotics": "mujoco", "mujoco": "mujoco"}
+"""Top-level modules that an optional extra of p2pmarl installs → that extra's name."""
 
 
 def is_import_path(name: str) -> bool:
@@ -58,13 +63,23 @@ def parse_env_kwargs(text: str | None) -> dict[str, Any]:
     return value
 
 
+def import_object(dotted: str) -> Any:
+    """The module ``dotted``, or, where no module has that name, the attribute its parent module
+    binds to it (``gymnasium_robotics.mamujoco_v1`` is such a name)."""
+    try:
+        return importlib.import_module(dotted)
+    except ModuleNotFoundError as error:
+        parent, _, last = dotted.rpartition(".")
+        if error.name != dotted or not parent:
+            raise
+        owner = import_object(parent)
+        if not hasattr(owner, last):
+            raise
+        return getattr(owner, last)
+
+
 def resolve_factory(path: str) -> Callable[..., Any]:
     """The callable named by ``MODULE:FACTORY`` or ``MODULE.ATTR``."""
-    if path.startswith(MAMUJOCO_PREFIX):
-        raise ValueError(
-            f"--env {path!r}: multi-agent MuJoCo is not supported yet; pass an import path to a "
-            f"factory returning a PettingZoo ParallelEnv instead"
-        )
     module_name, separator, attribute = (
         path.partition(":") if ":" in path else path.rpartition(".")
     )
@@ -74,9 +89,13 @@ def resolve_factory(path: str) -> Callable[..., Any]:
             f"mpe2.simple_spread_v3:parallel_env"
         )
     try:
-        module = importlib.import_module(module_name)
+        module = import_object(module_name)
     except ImportError as error:
-        raise ValueError(f"--env {path!r}: cannot import module {module_name!r}: {error}") from None
+        extra = OPTIONAL_EXTRAS.get(module_name.partition(".")[0])
+        hint = f"; it comes with the optional extra: pip install -e '.[{extra}]'" if extra else ""
+        raise ValueError(
+            f"--env {path!r}: cannot import module {module_name!r}: {error}{hint}"
+        ) from None
     target: Any = module
     for part in attribute.split("."):
         if not hasattr(target, part):
@@ -92,12 +111,20 @@ def resolve_factory(path: str) -> Callable[..., Any]:
 
 
 def build_parallel(path: str, kwargs: Mapping[str, Any]) -> Any:
-    """Call the factory and check that it returned a PettingZoo Parallel env."""
-    factory = resolve_factory(path)
+    """Call the factory (:func:`mamujoco.build` for MaMuJoCo) and check that it returned a
+    PettingZoo Parallel env."""
     try:
-        env = factory(**kwargs)
-    except TypeError as error:
-        raise ValueError(f"--env {path!r} with env_kwargs {dict(kwargs)}: {error}") from None
+        if mamujoco.is_mamujoco(path):
+            env = mamujoco.build(path, kwargs)
+        else:
+            env = resolve_factory(path)(**kwargs)
+    except ValueError:
+        raise
+    except Exception as error:
+        raise ValueError(
+            f"--env {path!r} with env_kwargs {dict(kwargs)} failed: "
+            f"{type(error).__name__}: {error}"
+        ) from error
     kind = type(env).__name__
     if hasattr(env, "agent_iter") or hasattr(env, "last"):
         raise ValueError(
