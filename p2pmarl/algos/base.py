@@ -177,9 +177,6 @@ class Peers(Protocol):
     def linger(self, seconds: float) -> None:
         """Stay ``seconds`` answering late retransmissions (after a phase's last round)."""
 
-    def linger_seconds(self, kind: str, neighbours: Iterable[int] | None = None) -> float:
-        """How long :meth:`linger` should stay after the last round of ``kind``."""
-
     def deliver(
         self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
         deadline: float | None = None,

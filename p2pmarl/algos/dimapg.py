@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -573,20 +574,15 @@ class DiMAPG(AgentAlgorithm):
         own = self.sketch @ flat_parameters(self.policy.parameters()).numpy()
         down = peers.down()
         live = [j for j in peers.neighbours if j not in down]
-        for j in live:
-            peers.send(j, SKETCH, {"sketch": own})
-        timeout = self.config.gossip.round_timeout
+        result = peers.exchange_round(
+            SKETCH, {j: {"sketch": own} for j in live}, (peers.new_exchange(SKETCH),),
+            deadline=time.monotonic() + self.config.gossip.round_timeout,
+        )
         distances = []
-        waiting = set(live)
-        while waiting:
-            message = peers.receive(timeout, frozenset({SKETCH}))
-            if message is None:
-                break
+        for message in result.messages.values():
             other = message.body.get("sketch")
-            usable = isinstance(other, np.ndarray) and other.shape == own.shape
-            if message.sender in waiting and usable:
+            if isinstance(other, np.ndarray) and other.shape == own.shape:
                 distances.append(float(np.linalg.norm(own - other)))
-                waiting.discard(message.sender)
         return max(distances, default=0.0)
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ Reliability: every round is one ``Peers.exchange_round`` of the runtime (exchang
 round), ``call`` numbering the gossips of the kind in the iteration): a message whose partner's
 message does not come within the (neighbour, kind) RTO is retransmitted, duplicates are
 suppressed, and a neighbour that missed ours gets it from the stored answers, also after the
-last round (the agent lingers a few RTOs before returning). ``round_timeout`` is now the bound
+last round (the runtime's ``PeerLink.finish_phase`` stays a few RTOs after the peer phase). ``round_timeout`` is now the bound
 on a round when a neighbour stays silent, not the price of every lost message.
 
 Wire format (one message kind per gossip, ``GossipConfig.kind``; stamped with the training
@@ -253,7 +253,6 @@ class _Gossip:
             if config.rounds is None and self._stop_by_tolerance(change):
                 self._send_final(round_ + 1)
                 break
-        self.peers.linger(self.peers.linger_seconds(config.kind, self._live()))
         self.result.estimate = self.estimate.reshape(self.shape).copy()
         return self.result
 
@@ -353,9 +352,8 @@ class _Gossip:
             else self._push_sum_body()
         )
         body = self._body(round_, payload, final=True)
-        for j in self._live():
-            self.peers.send_reliable(j, self.config.kind, body, (self.call, round_),
-                                     answers=(self.config.kind,))
+        self.peers.exchange_round(self.config.kind, {j: body for j in self._live()},
+                                  (self.call, round_), deadline=time.monotonic(), expect=())
 
     def _has(self, j: int, round_: int, exact_round: bool) -> bool:
         if exact_round:

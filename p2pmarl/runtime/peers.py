@@ -11,8 +11,9 @@ that is re-sent from its stored copy whenever a retransmission of what it answer
 :meth:`PeerLink.request` does the whole send–wait–retransmit loop for one answer,
 :meth:`PeerLink.exchange_round` does it for one symmetric round with every neighbour (gossip,
 row exchanges, max-propagation), :meth:`PeerLink.deliver`/:meth:`PeerLink.acknowledge` for a
-one-way message (a token), :meth:`PeerLink.linger` answers late retransmissions after a phase's
-last round, and :meth:`PeerLink.timeout_for` gives any waiting code the current estimate.
+one-way message (a token), :meth:`PeerLink.finish_phase` (called by the runtime after the peer
+phase) answers late retransmissions of the last round, and :meth:`PeerLink.timeout_for` gives
+any waiting code the current estimate.
 Duplicate copies of a reliable message are suppressed here, so an algorithm sees each at most
 once.
 """
@@ -66,6 +67,8 @@ class PeerLink:
         re-sent), ``given_up`` (requests that exhausted their retransmissions)."""
         self._delivered: set[tuple[int, str, int, ExchangeKey]] = set()
         self._exchanges: Counter[str] = Counter()
+        self._owed: set[tuple[int, str]] = set()
+        """(neighbour, kind) whose late retransmissions :meth:`finish_phase` stays to answer."""
 
     def start_iteration(self, iteration: int) -> None:
         """Move to a new training iteration; held messages of older ones are dropped."""
@@ -76,6 +79,7 @@ class PeerLink:
         self.answers.clear()
         self._delivered.clear()
         self._exchanges.clear()
+        self._owed.clear()
 
     def new_exchange(self, kind: str) -> int:
         """0, 1, 2... for the successive multi-round exchanges of ``kind`` in this iteration: the
@@ -211,7 +215,7 @@ class PeerLink:
         (default: those sent to), retransmitting ours to a neighbour whose message is missing
         on its (j, ``kind``) RTO. Each message is stored as the answer to the neighbour's of the
         round, so a neighbour that missed ours gets it back when it retransmits, also after this
-        agent went on (see :meth:`linger`). A neighbour's wait ends when its message came, it is
+        agent went on (see :meth:`finish_phase`). A neighbour's wait ends when its message came, it is
         reported down, it stayed silent through the last retransmission (``missing``), or at
         ``deadline`` (monotonic; ``missing``). With ``later``, a message of a later exchange of
         the same length (e.g. a later round ``(call, r')``, r' > r) also counts as the
@@ -219,6 +223,7 @@ class PeerLink:
         """
         key = tuple(int(k) for k in key)
         result = RoundResult()
+        self._owed.update((j, kind) for j in bodies)
         pending = {
             j: self.send_reliable(j, kind, body, key, answers=(kind,)) for j, body in bodies.items()
         }
@@ -259,13 +264,23 @@ class PeerLink:
         result.retransmissions = self.reliability["retransmissions"] - sent_before
         return result
 
-    def linger_seconds(self, kind: str, neighbours: Iterable[int] | None = None) -> float:
-        """How long to stay after the last round of ``kind`` for late retransmissions: (1 +
-        linear retransmissions) of the longest (neighbour, ``kind``) RTO (a neighbour that missed
-        our last message re-sends it within one RTO, and a lost copy costs one more)."""
-        group = self.neighbours if neighbours is None else tuple(neighbours)
-        longest = max((self.timeout_for(j, kind) for j in group), default=0.0)
-        return longest * (1 + self.timers.policy.linear_retransmissions)
+    def finish_phase(self) -> float:
+        """Called by the runtime after the peer phase: stay to answer late retransmissions of
+        the messages this iteration's rounds (:meth:`exchange_round`) and acknowledgements
+        (:meth:`acknowledge`) answered, for (1 + linear retransmissions) of the longest of their
+        (neighbour, kind) RTOs; neighbours reported down are not waited for. Returns the
+        seconds stayed (0 when nothing is owed; a variant with its own end-of-phase rule, like
+        MATRPO's ADMM, owes nothing here)."""
+        down = self.down()
+        owed = [(j, kind) for j, kind in self._owed if j not in down]
+        self._owed.clear()
+        if not owed:
+            return 0.0
+        longest = max(self.timeout_for(j, kind) for j, kind in owed)
+        seconds = longest * (1 + self.timers.policy.linear_retransmissions)
+        self.linger(seconds)
+        self.reliability["linger_seconds"] += seconds
+        return seconds
 
     def linger(self, seconds: float) -> None:
         """Stay ``seconds``, answering retransmissions from the stored answers (and holding any
@@ -286,6 +301,7 @@ class PeerLink:
     def acknowledge(self, message: PeerMessage) -> int:
         """Acknowledge a message sent with :meth:`deliver` (an empty answer of kind
         ``ack_kind(message.kind)``, re-sent from the store to its retransmissions)."""
+        self._owed.add((message.sender, message.kind))
         return self.answer(message, ack_kind(message.kind), {})
 
     # -- receiving -------------------------------------------------------------------------------
