@@ -262,6 +262,7 @@ class PeerLink:
                     pending[message.sender].answered()
                 result.messages[message.sender] = _peer_message(message)
         result.retransmissions = self.reliability["retransmissions"] - sent_before
+        result.bytes_sent = sum(p.bytes_sent * (1 + p.attempts) for p in pending.values())
         return result
 
     def finish_phase(self) -> float:

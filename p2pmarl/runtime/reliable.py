@@ -74,6 +74,8 @@ class RoundResult:
     """Neighbours the transport reported lost while the round waited for them."""
     retransmissions: int = 0
     """Copies of this agent's messages re-sent during the round."""
+    bytes_sent: int = 0
+    """Bytes of this agent's copies of the round on the wire (first copies and re-sent ones)."""
 
 
 @dataclass(frozen=True)
