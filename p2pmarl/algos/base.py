@@ -183,8 +183,8 @@ class Peers(Protocol):
     ) -> bool:
         """Send a one-way message reliably until acknowledged; False when given up."""
 
-    def acknowledge(self, message: PeerMessage) -> int:
-        """Acknowledge a message sent with :meth:`deliver`."""
+    def accept_deliveries(self, kinds: Iterable[str]) -> None:
+        """Acknowledge messages of ``kinds`` sent with :meth:`deliver` as they arrive."""
 
 
 @dataclass(frozen=True)

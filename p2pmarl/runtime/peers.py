@@ -10,7 +10,7 @@ retransmitted on its (neighbour, kind) RTO until answered, :meth:`PeerLink.answe
 that is re-sent from its stored copy whenever a retransmission of what it answers arrives,
 :meth:`PeerLink.request` does the whole send–wait–retransmit loop for one answer,
 :meth:`PeerLink.exchange_round` does it for one symmetric round with every neighbour (gossip,
-row exchanges, max-propagation), :meth:`PeerLink.deliver`/:meth:`PeerLink.acknowledge` for a
+row exchanges, max-propagation), :meth:`PeerLink.deliver`/:meth:`PeerLink.accept_deliveries` for a
 one-way message (a token), :meth:`PeerLink.finish_phase` (called by the runtime after the peer
 phase) answers late retransmissions of the last round, and :meth:`PeerLink.timeout_for` gives
 any waiting code the current estimate.
@@ -68,6 +68,7 @@ class PeerLink:
         self._delivered: set[tuple[int, str, int, ExchangeKey]] = set()
         self._exchanges: Counter[str] = Counter()
         self._owed: set[tuple[int, str]] = set()
+        self._acknowledged: set[str] = set()
         """(neighbour, kind) whose late retransmissions :meth:`finish_phase` stays to answer."""
 
     def start_iteration(self, iteration: int) -> None:
@@ -268,7 +269,7 @@ class PeerLink:
     def finish_phase(self) -> float:
         """Called by the runtime after the peer phase: stay to answer late retransmissions of
         the messages this iteration's rounds (:meth:`exchange_round`) and acknowledgements
-        (:meth:`acknowledge`) answered, for (1 + linear retransmissions) of the longest of their
+        (:meth:`accept_deliveries`) answered, for (1 + linear retransmissions) of the longest of their
         (neighbour, kind) RTOs; neighbours reported down are not waited for. Returns the
         seconds stayed (0 when nothing is owed; a variant with its own end-of-phase rule, like
         MATRPO's ADMM, owes nothing here)."""
@@ -294,16 +295,18 @@ class PeerLink:
         deadline: float | None = None,
     ) -> bool:
         """Send a one-way message reliably: retransmitted until ``neighbour`` acknowledges it
-        (:meth:`acknowledge`). False when given up (:meth:`request`'s rules)."""
+        (it called :meth:`accept_deliveries` for ``kind``). False when given up (the rules of
+        :meth:`request`)."""
         return self.request(
             neighbour, kind, body, key, frozenset({ack_kind(kind)}), deadline=deadline
         ) is not None
 
-    def acknowledge(self, message: PeerMessage) -> int:
-        """Acknowledge a message sent with :meth:`deliver` (an empty answer of kind
-        ``ack_kind(message.kind)``, re-sent from the store to its retransmissions)."""
-        self._owed.add((message.sender, message.kind))
-        return self.answer(message, ack_kind(message.kind), {})
+    def accept_deliveries(self, kinds: Iterable[str]) -> None:
+        """Acknowledge every message of ``kinds`` sent with :meth:`deliver` as it arrives (an
+        empty answer of kind ``ack_kind(kind)``, re-sent from the store to retransmissions),
+        whatever this agent is waiting for meanwhile: two agents delivering to each other never
+        wait on each other. Lasts for the life of the link."""
+        self._acknowledged.update(kinds)
 
     # -- receiving -------------------------------------------------------------------------------
     def receive(self, timeout: float, kinds: frozenset[str] | None = None) -> PeerMessage | None:
@@ -363,6 +366,10 @@ class PeerLink:
         self._delivered.add(identity)
         if not first:
             self.reliability["duplicates"] += 1
+        elif message.kind in self._acknowledged and not message.body.get("echo"):
+            self._owed.add((message.sender, message.kind))
+            self.answer(_peer_message(message), ack_kind(message.kind), {})
+            return True
         if is_retransmission(message.body):  # its sender misses our answer, if we gave one
             stored = self.answers.get(message.sender, message.kind, key)
             if stored is not None:

@@ -24,9 +24,9 @@ algorithm.
   message is also the stored answer to the neighbour's message of the same round, so a
   neighbour that missed it retransmits and gets it back, even from an agent already a round
   ahead; ``PeerLink.linger`` answers such late retransmissions after the last round.
-* One-way messages (``PeerLink.deliver``/``acknowledge``): a message with no natural answer (a
-  token) is answered by an empty acknowledgement of kind :func:`ack_kind`, stored like any
-  answer.
+* One-way messages (``PeerLink.deliver``/``accept_deliveries``): a message with no natural
+  answer (a token) is answered on arrival by an empty acknowledgement of kind :func:`ack_kind`,
+  stored like any answer.
 """
 
 from __future__ import annotations
