@@ -267,17 +267,24 @@ class PeerLink:
         return result
 
     def finish_phase(self) -> float:
-        """Called by the runtime after the peer phase: stay to answer late retransmissions of
-        the messages this iteration's rounds (:meth:`exchange_round`) and acknowledgements
-        (:meth:`accept_deliveries`) answered, for (1 + linear retransmissions) of the longest of their
-        (neighbour, kind) RTOs; neighbours reported down are not waited for. Returns the
-        seconds stayed (0 when nothing is owed; a variant with its own end-of-phase rule, like
-        MATRPO's ADMM, owes nothing here)."""
+        """Called by the runtime after the peer phase, for the neighbours whose messages this
+        iteration's rounds (:meth:`exchange_round`) and acknowledgements
+        (:meth:`accept_deliveries`) answered: one more copy of the last answer to each (marked
+        ``echo``, never answered; for a neighbour that missed it and whose retransmission would
+        find nobody listening), then stay answering retransmissions for (1 + linear
+        retransmissions) of the longest of their (neighbour, kind) RTOs. Neighbours reported
+        down are skipped. Returns the seconds stayed (0 when nothing is owed; a variant with
+        its own end-of-phase rule, like MATRPO's ADMM, owes nothing here)."""
         down = self.down()
-        owed = [(j, kind) for j, kind in self._owed if j not in down]
+        owed = sorted((j, kind) for j, kind in self._owed if j not in down)
         self._owed.clear()
         if not owed:
             return 0.0
+        for j, answered in owed:
+            stored = self.answers.latest(j, answered)
+            if stored is not None:
+                self.reliability["echoes"] += 1
+                self.send(j, stored[0], {**stored[1], "echo": 1})
         longest = max(self.timeout_for(j, kind) for j, kind in owed)
         seconds = longest * (1 + self.timers.policy.linear_retransmissions)
         self.linger(seconds)

@@ -303,6 +303,13 @@ class AnswerStore:
                 return kind, body
         return None
 
+    def latest(self, neighbour: int, answered: str) -> tuple[str, dict[str, Any]] | None:
+        """The last answer stored for ``neighbour``'s messages of ``answered``, if any."""
+        for entry_answered, _, kind, body in reversed(self._by_neighbour.get(neighbour, ())):
+            if entry_answered == answered:
+                return kind, body
+        return None
+
     def forget(self, neighbour: int, key: ExchangeKey) -> None:
         """Drop the answers of an exchange that was given up (a late retransmission of it then
         gets no answer that would commit the other end alone)."""
