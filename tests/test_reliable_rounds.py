@@ -294,8 +294,8 @@ def _lossy_links(graph: nx.Graph, drop: float) -> tuple[MemoryHub, Callable]:
 
 
 def test_maddpg_rows_under_30_percent_drop_give_the_lossless_updates() -> None:
-    from tests.test_maddpg import CONFIG, SPEC, _batches
     from p2pmarl.algos.maddpg import MADDPG
+    from tests.test_maddpg import CONFIG, SPEC, _batches
 
     edges = [(0, 1), (1, 2), (0, 2)]
     graph = nx.Graph(edges)
@@ -329,9 +329,9 @@ def test_maddpg_rows_under_30_percent_drop_give_the_lossless_updates() -> None:
 
 
 def test_genetic_sync_under_30_percent_drop_loads_the_true_best_everywhere() -> None:
-    from tests.test_maddpg import GENETIC
     from p2pmarl.algos.genetic_maddpg import GeneticConfig, GeneticMADDPG
     from p2pmarl.topology import topology_from_graph
+    from tests.test_maddpg import GENETIC
 
     graph = nx.cycle_graph(5)
     topology = topology_from_graph(graph)

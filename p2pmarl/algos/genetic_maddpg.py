@@ -18,8 +18,8 @@ sync). A last exchange of just (winner, score) tells each worker whether its nei
 Faults: every round is one reliable round of the runtime (``Peers.exchange_round``, exchange
 (sync, round)): lost copies are retransmitted on the estimated timeout and a neighbour that missed
 ours gets it from the stored answers; each round is bounded by ``gossip_timeout``; a neighbour
-that is down or stays silent is skipped for that round and recorded; a worker that heard from no neighbour in the whole sync
-missed it and keeps its own critic (recorded as ``missed``).
+that is down or stays silent is skipped for that round and recorded; a worker that heard from
+no neighbour in the whole sync missed it and keeps its own critic (recorded as ``missed``).
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ Reliability: every round is one ``Peers.exchange_round`` of the runtime (exchang
 round), ``call`` numbering the gossips of the kind in the iteration): a message whose partner's
 message does not come within the (neighbour, kind) RTO is retransmitted, duplicates are
 suppressed, and a neighbour that missed ours gets it from the stored answers, also after the
-last round (the runtime's ``PeerLink.finish_phase`` stays a few RTOs after the peer phase). ``round_timeout`` is now the bound
-on a round when a neighbour stays silent, not the price of every lost message.
+last round (the runtime's ``PeerLink.finish_phase`` stays a few RTOs after the peer phase).
+``round_timeout`` is now the bound on a round when a neighbour stays silent, not the price of
+every lost message.
 
 Wire format (one message kind per gossip, ``GossipConfig.kind``; stamped with the training
 iteration by the runtime): ``round`` (int), ``degree`` (int), ``settled`` (int, the min-counter),

@@ -216,8 +216,8 @@ class PeerLink:
         (default: those sent to), retransmitting ours to a neighbour whose message is missing
         on its (j, ``kind``) RTO. Each message is stored as the answer to the neighbour's of the
         round, so a neighbour that missed ours gets it back when it retransmits, also after this
-        agent went on (see :meth:`finish_phase`). A neighbour's wait ends when its message came, it is
-        reported down, it stayed silent through the last retransmission (``missing``), or at
+        agent went on (see :meth:`finish_phase`). A neighbour's wait ends when its message came,
+        it is reported down, it stayed silent through the last retransmission (``missing``), or at
         ``deadline`` (monotonic; ``missing``). With ``later``, a message of a later exchange of
         the same length (e.g. a later round ``(call, r')``, r' > r) also counts as the
         neighbour's: its content supersedes this round's (push-sum). Other messages stay queued.
