@@ -18,7 +18,8 @@ section 5.2) and, per training iteration:
    are also formed by gossip (:meth:`DiMAPG._trpo_step`).
 
 Replicas differ only by the gossip error. Each agent compares a random projection of its θ with
-its neighbours' (``dimapg_sketch``) and records the disagreement; above ``resync_tolerance`` it
+its neighbours' (``dimapg_sketch``, one reliable round of the runtime like every gossip round:
+``Peers.exchange_round``) and records the disagreement; above ``resync_tolerance`` it
 asks, in the next iteration's gradient gossip, for a re-synchronisation: every replica is then
 replaced by the gossip average of the replicas (``dimapg_resync``). What crosses the wire:
 gradients, natural-gradient directions, KL values and the θ sketch of the shared policy, and
