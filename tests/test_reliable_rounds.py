@@ -142,6 +142,7 @@ def test_a_down_neighbour_ends_the_round_at_once_and_a_deadline_bounds_it() -> N
 def test_with_later_a_message_of_a_later_round_answers_an_earlier_one() -> None:
     hub = MemoryHub()
     a, b = PeerLink(hub.transport(0, [1]), policy=FAST), PeerLink(hub.transport(1, [0]))
+    b.send_reliable(0, "g", {"r": 0, "call": 1}, (1, 0), answers=("g",))  # another call: never
     b.send_reliable(0, "g", {"r": 3}, (0, 3), answers=("g",))  # b is three rounds ahead
     exact = a.exchange_round("g", {1: {"r": 1}}, (0, 1), deadline=time.monotonic() + 0.2)
     assert exact.missing == [1]

@@ -68,8 +68,9 @@ class PeerLink:
         self._delivered: set[tuple[int, str, int, ExchangeKey]] = set()
         self._exchanges: Counter[str] = Counter()
         self._owed: set[tuple[int, str]] = set()
-        self._acknowledged: set[str] = set()
         """(neighbour, kind) whose late retransmissions :meth:`finish_phase` stays to answer."""
+        self._acknowledged: set[str] = set()
+        """Kinds acknowledged on arrival (:meth:`accept_deliveries`)."""
 
     def start_iteration(self, iteration: int) -> None:
         """Move to a new training iteration; held messages of older ones are dropped."""
@@ -218,8 +219,8 @@ class PeerLink:
         round, so a neighbour that missed ours gets it back when it retransmits, also after this
         agent went on (see :meth:`finish_phase`). A neighbour's wait ends when its message came,
         it is reported down, it stayed silent through the last retransmission (``missing``), or at
-        ``deadline`` (monotonic; ``missing``). With ``later``, a message of a later exchange of
-        the same length (e.g. a later round ``(call, r')``, r' > r) also counts as the
+        ``deadline`` (monotonic; ``missing``). With ``later``, a message whose exchange id differs
+        only by a larger last element (a later round ``(call, r')``, r' > r) also counts as the
         neighbour's: its content supersedes this round's (push-sum). Other messages stay queued.
         """
         key = tuple(int(k) for k in key)
@@ -237,7 +238,8 @@ class PeerLink:
             got = exchange_key(message.body)
             if got is None:
                 return False
-            return got == key or (later and len(got) == len(key) and got > key)
+            return got == key or (later and len(got) == len(key) and got[:-1] == key[:-1]
+                                  and got[-1] > key[-1])
 
         next_look = 0.0
         while waiting:
