@@ -39,6 +39,7 @@ from p2pmarl.runtime.codec import WORLD
 from p2pmarl.runtime.faults import FaultSpec, FaultyTransport
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.peers import PeerLink
+from p2pmarl.runtime.reliable import RELIABLE_FIELDS
 from p2pmarl.runtime.rundir import read_jsonl
 from p2pmarl.runtime.transport import MemoryHub
 from p2pmarl.topology import load_topology
@@ -292,9 +293,11 @@ def test_message_loss_during_gossip_ends_in_bounded_time_with_the_error_recorded
     assert len(gossips) == N and all(len(r["changes"]) == 30 for r in gossips)
     error = (thetas(agents) - expected).norm(dim=1).max()
     step = (0.05 * total).norm()
+    # the first rounds end (0.05 s) before the first retransmission (0.25 s before any sample),
+    # so their lost messages shift the mean a little; later rounds retransmit within the bound
     assert 0 < error < 0.5 * step, "lossy gossip leaves a small, nonzero error"
-    recorded = max(s["dimapg/replica_disagreement"] for s in stats.values())
-    assert recorded > 0
+    recorded = [s["dimapg/replica_disagreement"] for s in stats.values()]
+    assert max(recorded) < 1e-3 * float(step), "retransmitted rounds keep the replicas together"
 
 
 def test_replicas_that_drifted_apart_are_resynchronised_by_averaging():
@@ -353,10 +356,11 @@ def test_launch_sends_only_gradients_and_sketches_to_neighbours(
         kinds.add(row["kind"])
         assert row["kind"] in DiMAPG.message_kinds, row
         vectors = {key: shape for key, shape in row["shapes"].items()}
+        assert set(row["keys"]) >= RELIABLE_FIELDS, row  # every exchange is reliable
         if row["kind"] == "dimapg_sketch":
-            assert set(row["keys"]) == {"sketch"}
+            assert set(row["keys"]) - RELIABLE_FIELDS == {"sketch"}
         else:
-            assert set(row["keys"]) <= MESSAGE_FIELDS, row
+            assert set(row["keys"]) - RELIABLE_FIELDS <= MESSAGE_FIELDS, row
         assert all(shape == [sizes[row["kind"]]] for shape in vectors.values()), row
     assert {"dimapg_gradient", "dimapg_direction", "dimapg_kl", "dimapg_sketch"} <= kinds
     rows = [r for r in read_jsonl(result.run_dir / "agents/agent-1/metrics.jsonl")

@@ -33,6 +33,7 @@ from p2pmarl.algos.happo import (
 from p2pmarl.algos.itrpo import TRPOConfig
 from p2pmarl.algos.token import (
     TOKEN,
+    TOKEN_ACK,
     TOKEN_FIELDS,
     TokenConfig,
     TokenError,
@@ -45,6 +46,7 @@ from p2pmarl.algos.token import (
 )
 from p2pmarl.envs.base import EnvSpec
 from p2pmarl.runtime.peers import PeerLink
+from p2pmarl.runtime.reliable import RELIABLE_FIELDS
 from p2pmarl.runtime.transport import MemoryHub
 from tests.test_golden import parameter_hash
 
@@ -246,7 +248,10 @@ def test_only_tokens_to_neighbours_cross_the_wire():
     for link in links:
         for receiver, kind, keys in link.sent_log:
             assert receiver in link.neighbours
-            assert kind == TOKEN and set(keys) == TOKEN_FIELDS
+            if kind == TOKEN_ACK:  # the hop's acknowledgement: reliability fields only
+                assert set(keys) == RELIABLE_FIELDS
+            else:
+                assert kind == TOKEN and set(keys) == TOKEN_FIELDS | RELIABLE_FIELDS
 
 
 def test_a_dropped_token_ends_the_phase_within_the_bound_with_token_lost():
@@ -305,6 +310,13 @@ class ScriptedPeers:
 
     def down(self):
         return frozenset()
+
+    def accept_deliveries(self, kinds):
+        pass
+
+    def deliver(self, neighbour, kind, body, key, deadline=None):
+        self.send(neighbour, kind, body)
+        return True
 
 
 def token_body(**changes):
@@ -470,9 +482,12 @@ def test_only_tokens_cross_the_wire_in_a_real_run(algo, tmp_path, monkeypatch,
             assert row["keys"] == [] and receiver in topology.neighbours(sender)
         else:
             assert receiver in topology.neighbours(sender), row
-            assert row["kind"] == TOKEN and set(row["keys"]) == TOKEN_FIELDS, row
+            if row["kind"] == TOKEN_ACK:
+                assert set(row["keys"]) == RELIABLE_FIELDS and row["shapes"] == {}, row
+                continue
+            assert row["kind"] == TOKEN and set(row["keys"]) == TOKEN_FIELDS | RELIABLE_FIELDS
             assert row["shapes"] == {"log_ratio_sum": [32]}
-            tokens[sender] += 1
+            tokens[sender] += row["copy"] == [0, 0]
     assert sum(tokens.values()) > 3 * 3  # more than N−1 per iteration: some were relayed
 
 

@@ -30,6 +30,7 @@ from p2pmarl.algos.maddpg import (
 from p2pmarl.algos.replay import ReplayBuffer, shared_indices
 from p2pmarl.envs.base import EnvSpec
 from p2pmarl.runtime.peers import PeerLink
+from p2pmarl.runtime.reliable import RELIABLE_FIELDS
 from p2pmarl.runtime.transport import MemoryHub
 from p2pmarl.topology import topology_from_graph
 
@@ -140,7 +141,7 @@ def test_networked_critic_on_a_line_sends_only_rows_to_neighbours():
     for i, link in enumerate(links):
         assert {kind for _, kind, _ in link.sent_log} == {ROWS}
         assert {receiver for receiver, _, _ in link.sent_log} == set(agents[i].neighbours)
-        assert all(keys == tuple(sorted(ROW_FIELDS)) for _, _, keys in link.sent_log)
+        assert all(set(keys) == set(ROW_FIELDS) | RELIABLE_FIELDS for _, _, keys in link.sent_log)
 
 
 def test_rows_of_another_sample_are_refused_by_fingerprint():

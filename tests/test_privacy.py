@@ -38,7 +38,8 @@ def _recording_encoder(log: Path):
             if isinstance(value, np.ndarray)
         }
         row = {"pid": os.getpid(), "kind": message.kind, "sender": message.sender,
-               "receiver": message.receiver, "keys": sorted(message.body), "shapes": shapes}
+               "receiver": message.receiver, "keys": sorted(message.body), "shapes": shapes,
+               "copy": [message.body.get("attempt", 0), message.body.get("echo", 0)]}
         with log.open("a") as sink:
             sink.write(json.dumps(row) + "\n")
         return encode(message)

@@ -71,8 +71,9 @@ Messages (``MESSAGE_KINDS``), all stamped with the batch ``fingerprint``; an act
 whose fingerprint differs from ours aborts that activation and is recorded (ℓ of two batches are
 never combined): ``admm_exchange`` {activation, version, fingerprint, log_ratio, dual};
 ``admm_propose``/``admm_accept`` {activation, version, fingerprint}; ``admm_busy`` {activation,
-fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint}; retransmitting,
-PROPOSE, ACCEPT, BUSY and EXCHANGE also carry the reliability fields {exchange, attempt, echo}.
+fingerprint}; ``admm_ready`` {fingerprint, reply}; ``admm_done`` {fingerprint, reply};
+retransmitting, PROPOSE, ACCEPT, BUSY and EXCHANGE also carry the reliability fields {exchange,
+attempt, echo}.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ NONDETERMINISTIC_FIELDS = frozenset({"compute_seconds", "communication_seconds",
 transport's header sequence numbers, which heartbeats advance). Retransmissions and estimated
 timeouts, which depend on timing too, are therefore in the metrics (``admm/retransmissions``,
 ``peers/timeouts``), not in the activation records."""
+CONTROL_COPIES = 2
+"""Copies of each DONE and of the opening READY sent (retransmitting): both are idempotent and
+tiny; a lost opening READY delays the edge's first activation by a READY timeout, a lost DONE costs
+the partner a whole linger (or, for a partner whose edge is still open, READY probes until
+``max_failures``), so a second copy is the cheapest insurance (30 % loss: 9 % lost, not 30 %)."""
 POLL_SECONDS = 1e-4
 """Receive timeout used to look for already queued messages without blocking."""
 IDLE_WAIT_SECONDS = 0.05
@@ -478,6 +484,9 @@ class ADMMPhase:
         self._settled: set[int] = set()
         self._last_exchange: dict[Edge, Pending | None] = {}
         """Partners whose DONE arrived (or whose link is lost): nothing more to answer them."""
+        self._awaiting: Edge | None = None
+        """The edge whose partner exchange is awaited now (its DONE is deferred until settled)."""
+        self._deferred_done: dict[Edge, str] = {}
 
     @property
     def degree(self) -> int:
@@ -503,19 +512,29 @@ class ADMMPhase:
         return self._summary(time.monotonic() - started)
 
     def _linger(self) -> None:
-        """Stay, answering, until every partner's DONE came or for (1 + linear
-        retransmissions) exchange timeouts: a partner that missed our last exchange re-sends
-        its own within that time and gets our stored answer, so it commits too."""
+        """Stay, answering, until every partner's DONE came or for the whole retransmission
+        schedule of an exchange (``RetransmitPolicy.give_up_after`` of the longest exchange
+        timeout): a partner that missed our last exchange re-sends its own within that time and
+        gets our stored answer, so it commits too (and only then sends its DONE). Every exchange
+        timeout our DONE goes again to the partners not heard DONE from (a partner that has
+        closed its side answers it with DONE ``reply``), so a lost DONE costs one timeout, not
+        the whole linger."""
         waiting = {s.partner for s in self.states.values()} - self._settled
         if not waiting:
             return
         longest = max(self.peers.timeout_for(p, EXCHANGE) for p in waiting)
-        limit = min(self._deadline, time.monotonic() + longest * (
-            1 + self.policy.linear_retransmissions))
+        limit = min(self._deadline, time.monotonic() + self.policy.give_up_after(longest))
+        next_done = time.monotonic() + longest
         while (remaining := limit - time.monotonic()) > 0:
-            if not waiting - self._settled - self.peers.down():
+            unsettled = waiting - self._settled - self.peers.down()
+            if not unsettled:
                 return
-            message = self._receive(max(POLL_SECONDS, min(remaining, LIVENESS_POLL_SECONDS)))
+            if time.monotonic() >= next_done:  # our DONE may be lost: the partner answers it
+                for partner in sorted(unsettled):
+                    self._send_done(partner)
+                next_done = time.monotonic() + longest
+            wait = min(remaining, next_done - time.monotonic(), LIVENESS_POLL_SECONDS)
+            message = self._receive(max(POLL_SECONDS, wait))
             if message is not None:
                 self._handle_idle(message)
         self._counts["linger_timeouts"] += 1
@@ -536,7 +555,8 @@ class ADMMPhase:
     # -- async schedule -------------------------------------------------------------------------
     def _run_async(self) -> None:
         for partner in self._edge_of:
-            self._send(partner, READY, reply=0)
+            for _ in range(CONTROL_COPIES if self._reliable else 1):
+                self._send(partner, READY, reply=0)
         while len(self.closed) < len(self.states) and not self._past_deadline():
             if time.monotonic() >= self._next_liveness_check:  # this loop spins every 0.1 ms
                 self._close_lost_partners()
@@ -880,6 +900,8 @@ class ADMMPhase:
             self._settled.add(message.sender)
             if edge not in self.closed:
                 self._close(edge, "partner_done", notify=self._reliable)
+            elif self._reliable and not message.body.get("reply"):
+                self._send_done(message.sender, reply=1)  # ours may have been lost
             return None
         return message
 
@@ -902,11 +924,27 @@ class ADMMPhase:
         if kept is not None and kept.kind in kinds:
             pending.answered()
             return kept, ""
-        nudged = False
+        nudged = done_nudged = False
+        self._awaiting = edge if EXCHANGE in kinds else None
+        try:
+            return self._await_loop(act, pending, kinds, nudged, done_nudged)
+        finally:
+            self._awaiting = None
+
+    def _await_loop(
+        self, act: _Activation, pending: Pending, kinds: frozenset[str], nudged: bool,
+        done_nudged: bool,
+    ) -> tuple[PeerMessage | None, str]:
+        partner = pending.neighbour
+        activation = act.activation
+        edge = self._edge_of[partner]
         while True:
             self._close_lost_partners()
-            if edge in self.closed:
+            if edge in self.closed and not self._may_still_commit(edge, pending, kinds):
                 return None, "peer_down" if self.closed[edge] == "peer_down" else "partner_done"
+            if edge in self.closed and not done_nudged:
+                done_nudged = True
+                pending.due = time.monotonic()  # re-send now, for the partner's stored answer
             ahead = self._latest_from.get(partner, -1) > activation
             exhausted = pending.attempts >= self.policy.max_retransmissions
             if ahead and not nudged:
@@ -921,6 +959,8 @@ class ADMMPhase:
                     self._resend(act, pending)
                 elif ahead:
                     return None, "partner_ahead"
+                elif edge in self.closed:
+                    return None, "partner_done"
                 elif self._reliable and self.peers.heard_since(partner, pending.alive_since):
                     self.peers.extend(pending)  # alive and behind (seeded: on an earlier one)
                     act.retransmissions += 1
@@ -942,6 +982,14 @@ class ADMMPhase:
                     pending.answered()
                     return message, ""
             self._handle_engaged(message)
+
+    def _may_still_commit(self, edge: Edge, pending: Pending, kinds: frozenset[str]) -> bool:
+        """The partner closed the edge (DONE) while we await its exchange: it may have
+        committed this activation and closed on its budget, its exchange to us lost. Retransmit
+        ours (its linger answers from the store) until the retransmissions are used up, rather
+        than abort a commit the partner made (a split)."""
+        return (self._reliable and self.closed[edge] == "partner_done" and EXCHANGE in kinds
+                and pending.attempts < self.policy.max_retransmissions)
 
     def _handle_engaged(self, message: PeerMessage) -> None:
         """A message that is not the one awaited, while this agent is engaged."""
@@ -985,15 +1033,30 @@ class ADMMPhase:
         self.closed[edge] = reason
         if not notify:
             return
+        if edge == self._awaiting:  # tell the partner once this activation is settled
+            self._deferred_done[edge] = reason
+            return
+        self._notify_done(edge, reason)
+
+    def _notify_done(self, edge: Edge, reason: str) -> None:
         last = self._last_exchange.pop(edge, None)
         if self._reliable and last is not None:
             self._sums["bytes_sent"] += self.peers.echo(last)
-        self._send(self.states[edge].partner, DONE)
+        self._send_done(self.states[edge].partner, reply=int(reason == "partner_done"))
+
+    def _send_done(self, partner: int, reply: int = 0) -> None:
+        """DONE on the edge with ``partner`` (``reply``: it answers the partner's DONE, so it
+        is not answered), in :data:`CONTROL_COPIES` copies when retransmitting."""
+        for _ in range(CONTROL_COPIES if self._reliable else 1):
+            self._send(partner, DONE, reply=reply)
 
     def _past_deadline(self) -> bool:
         return time.monotonic() >= self._deadline
 
     def _emit(self, act: _Activation, status: str, reason: str, step: ConsensusStep | None) -> None:
+        deferred = self._deferred_done.pop(act.edge, None)
+        if deferred is not None:  # the partner's DONE came while we awaited its exchange
+            self._notify_done(act.edge, deferred)
         wall = time.perf_counter() - act.started
         self._counts[status] += 1
         if reason == "fingerprint_mismatch":

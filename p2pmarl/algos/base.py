@@ -17,7 +17,7 @@ import numpy as np
 if TYPE_CHECKING:
     from p2pmarl.config import RunConfig
     from p2pmarl.envs.base import EnvSpec
-    from p2pmarl.runtime.reliable import Pending, RetransmitPolicy
+    from p2pmarl.runtime.reliable import Pending, RetransmitPolicy, RoundResult
     from p2pmarl.topology import Topology
 
 
@@ -163,6 +163,28 @@ class Peers(Protocol):
 
     def use_policy(self, policy: RetransmitPolicy) -> None:
         """Bounds of the estimators and of retransmission from now on."""
+
+    def exchange_round(
+        self, kind: str, bodies: Mapping[int, Mapping[str, Any]], key: Iterable[int],
+        deadline: float, expect: Iterable[int] | None = None, later: bool = False,
+    ) -> RoundResult:
+        """Send ``bodies[j]`` to each neighbour j and collect one message of ``kind`` in exchange
+        ``key`` from each (of ``expect``), retransmitting; bounded by ``deadline``."""
+
+    def new_exchange(self, kind: str) -> int:
+        """Number of the next multi-round exchange of ``kind`` in this iteration (for keys)."""
+
+    def linger(self, seconds: float) -> None:
+        """Stay ``seconds`` answering late retransmissions (after a phase's last round)."""
+
+    def deliver(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
+        deadline: float | None = None,
+    ) -> bool:
+        """Send a one-way message reliably until acknowledged; False when given up."""
+
+    def accept_deliveries(self, kinds: Iterable[str]) -> None:
+        """Acknowledge messages of ``kinds`` sent with :meth:`deliver` as they arrive."""
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,8 @@ section 5.2) and, per training iteration:
    are also formed by gossip (:meth:`DiMAPG._trpo_step`).
 
 Replicas differ only by the gossip error. Each agent compares a random projection of its θ with
-its neighbours' (``dimapg_sketch``) and records the disagreement; above ``resync_tolerance`` it
+its neighbours' (``dimapg_sketch``, one reliable round of the runtime like every gossip round:
+``Peers.exchange_round``) and records the disagreement; above ``resync_tolerance`` it
 asks, in the next iteration's gradient gossip, for a re-synchronisation: every replica is then
 replaced by the gossip average of the replicas (``dimapg_resync``). What crosses the wire:
 gradients, natural-gradient directions, KL values and the θ sketch of the shared policy, and
@@ -30,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -573,20 +575,15 @@ class DiMAPG(AgentAlgorithm):
         own = self.sketch @ flat_parameters(self.policy.parameters()).numpy()
         down = peers.down()
         live = [j for j in peers.neighbours if j not in down]
-        for j in live:
-            peers.send(j, SKETCH, {"sketch": own})
-        timeout = self.config.gossip.round_timeout
+        result = peers.exchange_round(
+            SKETCH, {j: {"sketch": own} for j in live}, (peers.new_exchange(SKETCH),),
+            deadline=time.monotonic() + self.config.gossip.round_timeout,
+        )
         distances = []
-        waiting = set(live)
-        while waiting:
-            message = peers.receive(timeout, frozenset({SKETCH}))
-            if message is None:
-                break
+        for message in result.messages.values():
             other = message.body.get("sketch")
-            usable = isinstance(other, np.ndarray) and other.shape == own.shape
-            if message.sender in waiting and usable:
+            if isinstance(other, np.ndarray) and other.shape == own.shape:
                 distances.append(float(np.linalg.norm(own - other)))
-                waiting.discard(message.sender)
         return max(distances, default=0.0)
 
     # -- checkpoints ------------------------------------------------------------------------------

@@ -15,9 +15,11 @@ its neighbours and keeps the best of what it receives (:func:`better`). After D 
 worker of a connected, fault-free graph holds the global best; it loads that critic (actors never
 sync). A last exchange of just (winner, score) tells each worker whether its neighbours agree.
 
-Faults: each wait is bounded (``gossip_timeout`` per round); a neighbour that is down or silent
-is skipped for that round and recorded; a worker that heard from no neighbour in the whole sync
-missed it and keeps its own critic (recorded as ``missed``).
+Faults: every round is one reliable round of the runtime (``Peers.exchange_round``, exchange
+(sync, round)): lost copies are retransmitted on the estimated timeout and a neighbour that missed
+ours gets it from the stored answers; each round is bounded by ``gossip_timeout``; a neighbour
+that is down or stays silent is skipped for that round and recorded; a worker that heard from
+no neighbour in the whole sync missed it and keeps its own critic (recorded as ``missed``).
 """
 
 from __future__ import annotations
@@ -87,7 +89,8 @@ class GeneticConfig:
     critic_sync_every: int = 5_000
     """Env steps of a worker between critic syncs (report: 5000)."""
     gossip_timeout: float = 30.0
-    """Seconds a worker waits for one neighbour's message in one gossip round."""
+    """Longest wait (s) for the neighbours' messages of one gossip round (lost copies are
+    retransmitted on the estimated timeout long before)."""
 
     def __post_init__(self) -> None:
         if self.critic_sync_every < 1:
@@ -135,7 +138,6 @@ class GeneticMADDPG(AgentAlgorithm):
         self.last_score = float("-inf")
         self._finished: list[np.ndarray] = []
         self._pending = 0
-        self._early: list[Mapping[str, Any]] = []
 
     @classmethod
     def from_run_config(
@@ -258,9 +260,8 @@ class GeneticMADDPG(AgentAlgorithm):
                                     "worker": best.worker}
             if learned_at == round_:  # news since the last round (round 0: the own candidate)
                 body["critic"] = best.critic
-            for neighbour in self.neighbours:
-                bytes_sent += int(peers.send(neighbour, GOSSIP, body) or 0)
-            offers = self._gather(peers, GOSSIP, sync, round_)
+            offers, sent = self._round(peers, GOSSIP, body, (sync, round_))
+            bytes_sent += sent
             heard += len(offers)
             missed_rounds += len(offers) < len(self.neighbours)
             for offer in offers.values():
@@ -271,11 +272,9 @@ class GeneticMADDPG(AgentAlgorithm):
                 winner = better(best, candidate)
                 if winner is not best:
                     best, learned_at = winner, round_ + 1
-        for neighbour in self.neighbours:
-            bytes_sent += int(peers.send(neighbour, AGREE,
-                                         {"sync": sync, "winner": best.worker,
-                                          "score": best.score}) or 0)
-        verdicts = self._gather(peers, AGREE, sync, None)
+        verdicts, sent = self._round(peers, AGREE, {"sync": sync, "winner": best.worker,
+                                                     "score": best.score}, (sync,))
+        bytes_sent += sent
         agree = len(verdicts) == len(self.neighbours) and all(
             int(v["winner"]) == best.worker for v in verdicts.values()
         )
@@ -297,35 +296,17 @@ class GeneticMADDPG(AgentAlgorithm):
                 "genetic/missed": float(missed), "genetic/neighbours_agree": float(agree),
                 "genetic/bytes_sent": float(bytes_sent)}
 
-    def _gather(
-        self, peers: Peers, kind: str, sync: int, round_: int | None
-    ) -> dict[int, Mapping[str, Any]]:
-        """One message of (kind, sync, round) from each live neighbour, each wait bounded."""
-        def matches(body: Mapping[str, Any], sender: int) -> bool:
-            return body.get("sync") == sync and (round_ is None or body.get("round") == round_)
-
-        got: dict[int, Mapping[str, Any]] = {}
-        for sender, body in [(m["_sender"], m) for m in self._early if m["_kind"] == kind]:
-            if matches(body, sender) and sender not in got:
-                got[sender] = body
-        self._early = [m for m in self._early if not (m["_kind"] == kind and
-                                                      matches(m, m["_sender"]))]
-        self._early = [m for m in self._early if m.get("sync", -1) >= sync]
-        deadline = time.monotonic() + self.genetic.gossip_timeout
-        while len(got) < len(self.neighbours):
-            waiting = set(self.neighbours) - set(got) - set(peers.down())
-            remaining = deadline - time.monotonic()
-            if not waiting or remaining <= 0:
-                break
-            message = peers.receive(min(remaining, 0.2), MESSAGE_KINDS)
-            if message is None:
-                continue
-            if message.kind == kind and matches(message.body, message.sender):
-                got.setdefault(message.sender, message.body)
-            elif message.body.get("sync", -1) >= sync:  # a later round or the verdict: keep it
-                self._early.append({**message.body, "_sender": message.sender,
-                                    "_kind": message.kind})
-        return got
+    def _round(
+        self, peers: Peers, kind: str, body: Mapping[str, Any], key: tuple[int, ...]
+    ) -> tuple[dict[int, Mapping[str, Any]], int]:
+        """One reliable round (``Peers.exchange_round``) with the live neighbours: ``body`` to
+        each, each one's message of (kind, key) back, within ``gossip_timeout``; and the bytes
+        this worker sent in it."""
+        down = peers.down()
+        live = [j for j in self.neighbours if j not in down]
+        result = peers.exchange_round(kind, {j: body for j in live}, key,
+                                      deadline=time.monotonic() + self.genetic.gossip_timeout)
+        return {j: message.body for j, message in result.messages.items()}, result.bytes_sent
 
     def state_dict(self) -> dict[str, Any]:
         """The whole team (networks, optimizers, replay), env step count and recent returns."""

@@ -9,8 +9,9 @@ FDMARL's consensus critic, parameter re-synchronisation). Two methods:
     for every graph neighbour j (d: degree). W is symmetric and doubly stochastic, so the network
     mean is preserved exactly every round and z → mean geometrically (rate: the second largest
     eigenvalue modulus of W). A neighbour's degree travels in its messages: no topology needed.
-    A message lost or late past ``round_timeout`` is replaced by the receiver's own value (that
-    round's weight stays at home), which keeps the round bounded but shifts the mean slightly.
+    A lost message is retransmitted (below); one still missing at ``round_timeout`` is replaced
+    by the receiver's own value (that round's weight stays at home), which keeps the round
+    bounded but shifts the mean slightly.
 
 ``push_sum`` (asynchronous / lossy links; Kempe et al. 2003, with the running sums of
 Hadjicostis, Domínguez-García & Charalambous 2016)
@@ -27,10 +28,19 @@ agents (a min-counter carried in the messages tells an agent that everyone withi
 has settled), at most ``max_rounds``. An agent that stops sends a ``final`` message; its
 neighbours then use its last value instead of waiting for it.
 
+Reliability: every round is one ``Peers.exchange_round`` of the runtime (exchange id (call,
+round), ``call`` numbering the gossips of the kind in the iteration): a message whose partner's
+message does not come within the (neighbour, kind) RTO is retransmitted, duplicates are
+suppressed, and a neighbour that missed ours gets it from the stored answers, also after the
+last round (the runtime's ``PeerLink.finish_phase`` stays a few RTOs after the peer phase).
+``round_timeout`` is now the bound on a round when a neighbour stays silent, not the price of
+every lost message.
+
 Wire format (one message kind per gossip, ``GossipConfig.kind``; stamped with the training
 iteration by the runtime): ``round`` (int), ``degree`` (int), ``settled`` (int, the min-counter),
 ``final`` (bool), and ``value`` (metropolis) or ``sigma`` + ``sigma_weight`` (push-sum): a float32
-or float64 vector of the caller's length, nothing else.
+or float64 vector of the caller's length, plus the reliability fields ``RELIABLE_FIELDS``
+(exchange, attempt, echo), nothing else.
 """
 
 from __future__ import annotations
@@ -95,8 +105,9 @@ class GossipConfig:
     max_rounds: int = 500
     """Cap on rounds when stopping by tolerance."""
     round_timeout: float = 5.0
-    """Seconds an agent waits for one round's messages before going on without the missing ones
-    (a lost message costs this long per round). Lossy runs: use push-sum with a short timeout."""
+    """Longest wait (s) for one round's messages before going on without the missing ones; a
+    lost message is retransmitted on its estimated timeout well before, so this is paid only
+    for a neighbour that stays silent."""
     kind: str = "gossip"
     """Message kind of this gossip; two gossips in the same iteration need different kinds."""
 
@@ -220,6 +231,7 @@ class _Gossip:
         self.latest: dict[int, tuple[int, dict[str, Any]]] = {}
         self.inbox: dict[tuple[int, int], dict[str, Any]] = {}
         self.settled = 0
+        self.call = peers.new_exchange(config.kind)
         self.result = GossipResult(self.estimate.copy(), 0)
         if keep_history:
             self.result.history = [self.estimate.reshape(self.shape).copy()]
@@ -261,8 +273,7 @@ class _Gossip:
 
     # -- metropolis ------------------------------------------------------------------------------
     def _metropolis_round(self, round_: int) -> None:
-        self._broadcast(round_, {"value": self._wire(self.estimate)})
-        heard = self._collect(round_, exact_round=True)
+        heard = self._round(round_, {"value": self._wire(self.estimate)}, exact_round=True)
         update = np.zeros_like(self.estimate)
         gaps = []
         for j in self.neighbours:
@@ -283,8 +294,7 @@ class _Gossip:
         self.sent_weight += share * self.weight
         self.mass = share * self.mass
         self.weight *= share
-        self._broadcast(round_, self._push_sum_body())
-        self._collect(round_, exact_round=False)
+        self._round(round_, self._push_sum_body(), exact_round=False)
         for j in self.neighbours:
             newest = self.latest.get(j)
             if newest is None:
@@ -306,40 +316,45 @@ class _Gossip:
     def _wire(self, vector: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(vector, dtype=self.wire_dtype)
 
-    def _broadcast(self, round_: int, payload: dict[str, Any], final: bool = False) -> None:
-        body = {"round": round_, "degree": self.degree, "settled": self.settled, "final": final,
+    def _body(self, round_: int, payload: dict[str, Any], final: bool = False) -> dict[str, Any]:
+        return {"round": round_, "degree": self.degree, "settled": self.settled, "final": final,
                 **payload}
-        for j in self._live():
-            self.peers.send(j, self.config.kind, body)
+
+    def _round(
+        self, round_: int, payload: dict[str, Any], exact_round: bool
+    ) -> dict[int, dict[str, Any]]:
+        """One reliable round (``Peers.exchange_round``, exchange (call, round)): send to every
+        live neighbour, wait (≤ round_timeout, retransmitting) for each one's message of
+        ``round_`` (metropolis) or of any round ≥ ``round_`` (push-sum); returns those of
+        ``round_``."""
+        live = self._live()
+        body = self._body(round_, payload)
+        expect = [j for j in live if not self._has(j, round_, exact_round)]
+        result = self.peers.exchange_round(
+            self.config.kind, {j: body for j in live}, (self.call, round_),
+            deadline=time.monotonic() + self.config.round_timeout, expect=expect,
+            later=not exact_round,
+        )
+        for j, message in sorted(result.messages.items()):
+            self._file(j, message.body)
+        if result.missing:
+            self.result.missing += len(result.missing)
+            logger.debug("agent %d gossip round %d: nothing from %s in time",
+                         self.peers.agent_id, round_, result.missing)
+        return {
+            j: self.inbox.pop((j, round_)) for j in self.neighbours if (j, round_) in self.inbox
+        }
 
     def _send_final(self, round_: int) -> None:
+        """Our last value as our message of round ``round_`` (flagged ``final``), stored as the
+        answer to the neighbours' messages of that round: they use it from then on."""
         payload = (
             {"value": self._wire(self.estimate)} if self.config.method == "metropolis"
             else self._push_sum_body()
         )
-        self._broadcast(round_, payload, final=True)
-
-    def _collect(self, round_: int, exact_round: bool) -> dict[int, dict[str, Any]]:
-        """Wait (≤ round_timeout) until every live neighbour's message of ``round_`` (metropolis)
-        or of any round ≥ ``round_`` (push-sum) is in; returns those of ``round_``."""
-        kinds = frozenset({self.config.kind})
-        deadline = time.monotonic() + self.config.round_timeout
-        while True:
-            waiting = [j for j in self._live() if not self._has(j, round_, exact_round)]
-            if not waiting:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                self.result.missing += len(waiting)
-                logger.debug("agent %d gossip round %d: nothing from %s in time",
-                             self.peers.agent_id, round_, waiting)
-                break
-            message = self.peers.receive(remaining, kinds)
-            if message is not None:
-                self._file(message.sender, message.body)
-        return {
-            j: self.inbox.pop((j, round_)) for j in self.neighbours if (j, round_) in self.inbox
-        }
+        body = self._body(round_, payload, final=True)
+        self.peers.exchange_round(self.config.kind, {j: body for j in self._live()},
+                                  (self.call, round_), deadline=time.monotonic(), expect=())
 
     def _has(self, j: int, round_: int, exact_round: bool) -> bool:
         if exact_round:

@@ -33,7 +33,7 @@ from torch import Tensor
 from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import Batch, Peers
 from p2pmarl.algos.itrpo import TRPOConfig, TrustRegionAgent
-from p2pmarl.algos.token import TOKEN, TokenConfig, TokenRelay, ring_sequence
+from p2pmarl.algos.token import TOKEN, TOKEN_ACK, TokenConfig, TokenRelay, ring_sequence
 from p2pmarl.algos.trpo import OnPolicyData
 from p2pmarl.envs.base import EnvSpec
 
@@ -114,7 +114,7 @@ def clipped_surrogate_loss(
 class SequentialAgent(TrustRegionAgent):
     """What HATRPO and HAPPO share: own-head policy, own GAE and value fit, the token phase."""
 
-    message_kinds: ClassVar[frozenset[str]] = frozenset({TOKEN})
+    message_kinds: ClassVar[frozenset[str]] = frozenset({TOKEN, TOKEN_ACK})
     needs_connected_graph = True
 
     def __init__(

@@ -18,7 +18,8 @@ One update (Algorithm 1, inner loop), all agents at once:
    holds the same world steps in the same order — checked with the fingerprint of the sampled
    joint actions);
 2. agent j sends each neighbour ``maddpg_rows``: its observations o_j and next observations o'_j
-   at S and its target-policy action a'_j = μ'_j(o'_j) (a Gumbel-softmax sample) — nothing else;
+   at S and its target-policy action a'_j = μ'_j(o'_j) (a Gumbel-softmax sample) — nothing else
+   but the reliability fields (one reliable round of the runtime: ``Peers.exchange_round``);
 3. agent i sets y = r_i + γ (1 − done) Q'_i(x'_G, a'_G), minimizes (y − Q_i(x_G, a_G))², then
    ascends Q_i(x_G, a_1..μ_i(o_i)..a_N) in its actor (other agents' actions from the buffer),
    then θ' ← τθ + (1 − τ)θ' for its own actor and critic.
@@ -90,7 +91,8 @@ class MADDPGConfig:
     grad_clip: float = 0.5
     """Gradient norm clip of actor and critic (original MADDPG code: 0.5)."""
     message_timeout: float = 30.0
-    """Seconds to wait for a neighbour's rows in one update before skipping it (recorded)."""
+    """Longest wait (s) for the neighbours' rows of one update before skipping it (recorded); a
+    lost copy is retransmitted on its estimated timeout long before (runtime/reliable.py)."""
 
     def __post_init__(self) -> None:
         checks = {
@@ -350,7 +352,6 @@ class MADDPG(AgentAlgorithm):
         )
         self.schedule = UpdateSchedule(config)
         self._pending = 0
-        self._early: dict[tuple[int, int], Mapping[str, Any]] = {}
 
     @classmethod
     def from_run_config(
@@ -406,9 +407,9 @@ class MADDPG(AgentAlgorithm):
             gumbel_noise(self.shared_seed, self.agent_id, update, TARGET_NOISE, noise_shape),
         )
         own = {"obs": rows["obs"], "next_obs": rows["next_obs"], "next_action": next_action.numpy()}
-        for neighbour in self.neighbours:
-            peers.send(neighbour, ROWS, {"update": update, "fingerprint": fingerprint, **own})
-        received = self._receive_rows(peers, update, fingerprint)
+        received = self._exchange_rows(
+            peers, update, fingerprint, {"update": update, "fingerprint": fingerprint, **own}
+        )
         if received is None:
             return None
         received[self.agent_id] = own
@@ -416,35 +417,25 @@ class MADDPG(AgentAlgorithm):
         noise = gumbel_noise(self.shared_seed, self.agent_id, update, ACTOR_NOISE, noise_shape)
         return self.learner.update(inputs, noise)
 
-    def _receive_rows(
-        self, peers: Peers, update: int, fingerprint: str
+    def _exchange_rows(
+        self, peers: Peers, update: int, fingerprint: str, body: Mapping[str, Any]
     ) -> dict[int, Mapping[str, Any]] | None:
-        """Every neighbour's rows of ``update`` within ``message_timeout``; None (recorded) if
-        one is down, late, or sampled other rows (fingerprint mismatch)."""
-        received: dict[int, Mapping[str, Any]] = {}
-        for key in [key for key in self._early if key[1] < update]:
-            del self._early[key]
-        for neighbour in self.neighbours:
-            if (neighbour, update) in self._early:
-                received[neighbour] = self._early.pop((neighbour, update))
-        deadline = time.monotonic() + self.config.message_timeout
-        while len(received) < len(self.neighbours):
-            missing = set(self.neighbours) - set(received)
-            if missing & peers.down():
-                return self._skip(update, "neighbour_down", sorted(missing & peers.down()))
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return self._skip(update, "timeout", sorted(missing))
-            message = peers.receive(min(remaining, 0.2), MESSAGE_KINDS)
-            if message is None:
-                continue
-            sent_update = int(message.body.get("update", -1))
-            if sent_update > update:  # a faster neighbour's next update: keep it for then
-                self._early[(message.sender, sent_update)] = message.body
-            elif sent_update == update and message.sender in missing:
-                received[message.sender] = message.body
-        for neighbour, body in received.items():
-            if body.get("fingerprint") != fingerprint:
+        """Step 2 as one reliable round of the runtime (``Peers.exchange_round``, exchange
+        (update,)): our rows to every neighbour, every neighbour's rows of ``update`` back, lost
+        copies retransmitted on the estimated timeout, at most ``message_timeout`` in all. None
+        (recorded) if a neighbour is down, stayed silent, or sampled other rows (fingerprint
+        mismatch)."""
+        result = peers.exchange_round(
+            ROWS, {j: body for j in self.neighbours}, (update,),
+            deadline=time.monotonic() + self.config.message_timeout,
+        )
+        if result.down:
+            return self._skip(update, "neighbour_down", sorted(result.down))
+        if result.missing:
+            return self._skip(update, "timeout", sorted(result.missing))
+        received = {j: message.body for j, message in result.messages.items()}
+        for neighbour, got in sorted(received.items()):
+            if got.get("fingerprint") != fingerprint:
                 return self._skip(update, "fingerprint_mismatch", [neighbour])
         return received
 

@@ -14,6 +14,11 @@ agents i_1:n; for m = 1..n update π^{i_m}") need no coordinator:
   ``position`` (the index m of its destination in the order) and the batch ``fingerprint``; the
   destination checks all three (:func:`validate_token`) and never uses a token that does not
   match.
+* **Reliability**: every hop is a one-way reliable message of the runtime (``Peers.deliver``,
+  exchange (position, hops)): the next hop's link acknowledges it on arrival (``TOKEN_ACK``,
+  only the reliability fields), a copy lost on the way is retransmitted on the estimated
+  timeout, and duplicates are suppressed, so a dropped copy costs one timeout, not a
+  ``token_lost``.
 * **Faults** (:class:`TokenRelay`): agent i_m waits for its token at most ``m·hand_over_timeout``
   seconds after it entered the phase; then it records ``token_lost``, updates with what it has (an
   empty sum: factor 1) and the order goes on. A neighbour the network layer reports lost
@@ -40,11 +45,14 @@ from typing import Any
 import numpy as np
 
 from p2pmarl.algos.base import PeerMessage, Peers
+from p2pmarl.runtime.reliable import ack_kind
 
 logger = logging.getLogger(__name__)
 
 TOKEN = "token"
 """Message kind of a token."""
+TOKEN_ACK = ack_kind(TOKEN)
+"""Kind of the empty acknowledgement of one hop of a token (``Peers.deliver``)."""
 TOKEN_FIELDS = frozenset(
     {"log_ratio_sum", "iteration", "position", "fingerprint", "hops", "lost"}
 )
@@ -205,7 +213,7 @@ def receive_token(peers: Peers, deadline: float) -> PeerMessage | None:
     """The one blocking wait of the protocol: the next token, or None at ``deadline``.
 
     Bounded by ``deadline`` (``time.monotonic()`` seconds); waits in slices of at most
-    :data:`LIVENESS_POLL_SECONDS`. A retransmission layer would plug in here.
+    :data:`LIVENESS_POLL_SECONDS`. Lost copies are the sender's to retransmit (``deliver``).
     """
     while (remaining := deadline - time.monotonic()) > 0:
         message = peers.receive(min(remaining, LIVENESS_POLL_SECONDS), frozenset({TOKEN}))
@@ -317,6 +325,7 @@ class TokenRelay:
         and after a lost token), and returns this agent's own term; S + term goes to the next.
         """
         order = self.order(peers.iteration)
+        peers.accept_deliveries({TOKEN})
         self.refresh_lost(peers, self.lost)
         state = _PhaseState(order=order, position=order.index(self.agent_id),
                             fingerprint=fingerprint, n_samples=n_samples,
@@ -433,11 +442,21 @@ class TokenRelay:
             if destination not in self.lost:
                 path = shortest_path(self.graph, self.agent_id, destination, avoid=self.lost)
                 if path is not None:
-                    peers.send(path[1], TOKEN, {**body, "position": position,
-                                                "hops": int(body["hops"]) + 1,
-                                                "lost": sorted(self.lost)})
+                    self._deliver(peers, path[1], {**body, "position": position,
+                                                   "hops": int(body["hops"]) + 1,
+                                                   "lost": sorted(self.lost)})
                     return None
             logger.info("agent %d: skipping position %d (agent %d lost or unreachable)",
                            self.agent_id, position, destination)
             position += 1
         return None
+
+    def _deliver(self, peers: Peers, neighbour: int, body: dict[str, Any]) -> None:
+        """One hop, reliably (retransmitted until acknowledged), bounded by one
+        ``hand_over_timeout``; a hop given up is logged (the destination then records
+        ``token_lost`` at its own deadline)."""
+        key = (int(body["position"]), int(body["hops"]))
+        deadline = time.monotonic() + self.config.hand_over_timeout
+        if not peers.deliver(neighbour, TOKEN, body, key, deadline=deadline):
+            logger.warning("agent %d: token for position %d not acknowledged by %d",
+                           self.agent_id, key[0], neighbour)

@@ -305,6 +305,7 @@ class AgentProcess:
         if isinstance(self.transport, FaultyTransport):
             self.transport.start_iteration(iteration)
         stats.update(self.algorithm.peer_phase(batch, self.peers))
+        self.peers.finish_phase()
         returns = np.concatenate([*phase_returns, self.rollout.tracker.take()])
         if self.algorithm.centralized and len(returns):
             stats["rollout/agent_returns"] = returns.mean(axis=0).tolist()

@@ -8,9 +8,14 @@ It is also where every variant gets reliable exchanges over lossy links
 (:mod:`p2pmarl.runtime.reliable`): :meth:`PeerLink.send_reliable` sends a message that will be
 retransmitted on its (neighbour, kind) RTO until answered, :meth:`PeerLink.answer` sends an answer
 that is re-sent from its stored copy whenever a retransmission of what it answers arrives,
-:meth:`PeerLink.request` does the whole send–wait–retransmit loop for one answer, and
-:meth:`PeerLink.timeout_for` gives any waiting code the current estimate. Duplicate copies of a
-reliable message are suppressed here, so an algorithm sees each at most once.
+:meth:`PeerLink.request` does the whole send–wait–retransmit loop for one answer,
+:meth:`PeerLink.exchange_round` does it for one symmetric round with every neighbour (gossip,
+row exchanges, max-propagation), :meth:`PeerLink.deliver`/:meth:`PeerLink.accept_deliveries` for a
+one-way message (a token), :meth:`PeerLink.finish_phase` (called by the runtime after the peer
+phase) answers late retransmissions of the last round, and :meth:`PeerLink.timeout_for` gives
+any waiting code the current estimate.
+Duplicate copies of a reliable message are suppressed here, so an algorithm sees each at most
+once.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from p2pmarl.algos.base import PeerMessage
@@ -28,7 +33,9 @@ from p2pmarl.runtime.reliable import (
     ExchangeKey,
     Pending,
     RetransmitPolicy,
+    RoundResult,
     TimerTable,
+    ack_kind,
     exchange_key,
     is_retransmission,
 )
@@ -59,6 +66,11 @@ class PeerLink:
         """``retransmissions``, ``duplicates`` (suppressed copies), ``echoes`` (stored answers
         re-sent), ``given_up`` (requests that exhausted their retransmissions)."""
         self._delivered: set[tuple[int, str, int, ExchangeKey]] = set()
+        self._exchanges: Counter[str] = Counter()
+        self._owed: set[tuple[int, str]] = set()
+        """(neighbour, kind) whose late retransmissions :meth:`finish_phase` stays to answer."""
+        self._acknowledged: set[str] = set()
+        """Kinds acknowledged on arrival (:meth:`accept_deliveries`)."""
 
     def start_iteration(self, iteration: int) -> None:
         """Move to a new training iteration; held messages of older ones are dropped."""
@@ -68,6 +80,15 @@ class PeerLink:
         self._held = deque(kept)
         self.answers.clear()
         self._delivered.clear()
+        self._exchanges.clear()
+        self._owed.clear()
+
+    def new_exchange(self, kind: str) -> int:
+        """0, 1, 2... for the successive multi-round exchanges of ``kind`` in this iteration: the
+        same number at every agent that makes the same calls in the same order, for keys."""
+        number = self._exchanges[kind]
+        self._exchanges[kind] += 1
+        return number
 
     def use_policy(self, policy: RetransmitPolicy) -> None:
         """Bounds for every estimator from now on (a variant's settings, e.g. its max wait)."""
@@ -161,15 +182,9 @@ class PeerLink:
                 next_look = now + LIVENESS_POLL_SECONDS
             if deadline is not None and now >= deadline:
                 return None
-            if pending.overdue(now):
-                if not pending.last_attempt:
-                    self.resend(pending)
-                elif self.heard_since(neighbour, pending.alive_since):
-                    self.extend(pending)
-                else:
-                    self.reliability["given_up"] += 1
-                    self.forget(neighbour, pending.key)
-                    return None
+            if not self._keep_waiting(pending, now):
+                self.forget(neighbour, pending.key)
+                return None
             wait = min(pending.remaining(), LIVENESS_POLL_SECONDS)
             if deadline is not None:
                 wait = min(wait, max(0.0, deadline - now))
@@ -177,6 +192,130 @@ class PeerLink:
             if message is not None:
                 pending.answered()
                 return _peer_message(message)
+
+    def _keep_waiting(self, pending: Pending, now: float) -> bool:
+        """The retransmission rule at ``pending``'s deadline: re-send while retransmissions are
+        left, then wait once more per copy while the neighbour is heard from (alive, behind);
+        False (counted ``given_up``) once it stayed silent for the whole last wait."""
+        if not pending.overdue(now):
+            return True
+        if not pending.last_attempt:
+            self.resend(pending)
+        elif self.heard_since(pending.neighbour, pending.alive_since):
+            self.extend(pending)
+        else:
+            self.reliability["given_up"] += 1
+            return False
+        return True
+
+    def exchange_round(
+        self, kind: str, bodies: Mapping[int, Mapping[str, Any]], key: Iterable[int],
+        deadline: float, expect: Iterable[int] | None = None, later: bool = False,
+    ) -> RoundResult:
+        """One symmetric round: send ``bodies[j]`` to each neighbour j as exchange ``key`` and
+        collect one message of ``kind`` of the same exchange from each neighbour in ``expect``
+        (default: those sent to), retransmitting ours to a neighbour whose message is missing
+        on its (j, ``kind``) RTO. Each message is stored as the answer to the neighbour's of the
+        round, so a neighbour that missed ours gets it back when it retransmits, also after this
+        agent went on (see :meth:`finish_phase`). A neighbour's wait ends when its message came,
+        it is reported down, it stayed silent through the last retransmission (``missing``), or at
+        ``deadline`` (monotonic; ``missing``). With ``later``, a message whose exchange id differs
+        only by a larger last element (a later round ``(call, r')``, r' > r) also counts as the
+        neighbour's: its content supersedes this round's (push-sum). Other messages stay queued.
+        """
+        key = tuple(int(k) for k in key)
+        result = RoundResult()
+        self._owed.update((j, kind) for j in bodies)
+        pending = {
+            j: self.send_reliable(j, kind, body, key, answers=(kind,)) for j, body in bodies.items()
+        }
+        waiting = set(bodies if expect is None else expect)
+        sent_before = self.reliability["retransmissions"]
+
+        def answers_round(message: Message) -> bool:
+            if message.kind != kind or message.sender not in waiting:
+                return False
+            got = exchange_key(message.body)
+            if got is None:
+                return False
+            return got == key or (later and len(got) == len(key) and got[:-1] == key[:-1]
+                                  and got[-1] > key[-1])
+
+        next_look = 0.0
+        while waiting:
+            now = time.monotonic()
+            if now >= next_look:
+                for j in sorted(waiting & self.down()):
+                    waiting.discard(j)
+                    result.down.append(j)
+                next_look = now + LIVENESS_POLL_SECONDS
+            if now >= deadline:
+                result.missing.extend(sorted(waiting))
+                break
+            for j in sorted(waiting):
+                if j in pending and not self._keep_waiting(pending[j], now):
+                    waiting.discard(j)
+                    result.missing.append(j)
+            timers = [pending[j].remaining() for j in waiting if j in pending]
+            wait = max(0.0, min([LIVENESS_POLL_SECONDS, deadline - now, *timers]))
+            message = self._next_matching(wait, answers_round)
+            if message is not None:
+                waiting.discard(message.sender)
+                if message.sender in pending:
+                    pending[message.sender].answered()
+                result.messages[message.sender] = _peer_message(message)
+        result.retransmissions = self.reliability["retransmissions"] - sent_before
+        result.bytes_sent = sum(p.bytes_sent * (1 + p.attempts) for p in pending.values())
+        return result
+
+    def finish_phase(self) -> float:
+        """Called by the runtime after the peer phase, for the neighbours whose messages this
+        iteration's rounds (:meth:`exchange_round`) and acknowledgements
+        (:meth:`accept_deliveries`) answered: one more copy of the last answer to each (marked
+        ``echo``, never answered; for a neighbour that missed it and whose retransmission would
+        find nobody listening), then stay answering retransmissions for (1 + linear
+        retransmissions) of the longest of their (neighbour, kind) RTOs. Neighbours reported
+        down are skipped. Returns the seconds stayed (0 when nothing is owed; a variant with
+        its own end-of-phase rule, like MATRPO's ADMM, owes nothing here)."""
+        down = self.down()
+        owed = sorted((j, kind) for j, kind in self._owed if j not in down)
+        self._owed.clear()
+        if not owed:
+            return 0.0
+        for j, answered in owed:
+            stored = self.answers.latest(j, answered)
+            if stored is not None:
+                self.reliability["echoes"] += 1
+                self.send(j, stored[0], {**stored[1], "echo": 1})
+        longest = max(self.timeout_for(j, kind) for j, kind in owed)
+        seconds = longest * (1 + self.timers.policy.linear_retransmissions)
+        self.linger(seconds)
+        self.reliability["linger_seconds"] += seconds
+        return seconds
+
+    def linger(self, seconds: float) -> None:
+        """Stay ``seconds``, answering retransmissions from the stored answers (and holding any
+        new message for later): for after the last round of a phase, when no later round would
+        answer a neighbour that missed this agent's last message."""
+        self._next_matching(max(0.0, seconds), lambda message: False)
+
+    def deliver(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
+        deadline: float | None = None,
+    ) -> bool:
+        """Send a one-way message reliably: retransmitted until ``neighbour`` acknowledges it
+        (it called :meth:`accept_deliveries` for ``kind``). False when given up (the rules of
+        :meth:`request`)."""
+        return self.request(
+            neighbour, kind, body, key, frozenset({ack_kind(kind)}), deadline=deadline
+        ) is not None
+
+    def accept_deliveries(self, kinds: Iterable[str]) -> None:
+        """Acknowledge every message of ``kinds`` sent with :meth:`deliver` as it arrives (an
+        empty answer of kind ``ack_kind(kind)``, re-sent from the store to retransmissions),
+        whatever this agent is waiting for meanwhile: two agents delivering to each other never
+        wait on each other. Lasts for the life of the link."""
+        self._acknowledged.update(kinds)
 
     # -- receiving -------------------------------------------------------------------------------
     def receive(self, timeout: float, kinds: frozenset[str] | None = None) -> PeerMessage | None:
@@ -196,6 +335,13 @@ class PeerLink:
                 return True
             return message.sender == sender and exchange_key(message.body) == key
 
+        return self._next_matching(timeout, wanted)
+
+    def _next_matching(
+        self, timeout: float, wanted: Callable[[Message], bool]
+    ) -> Message | None:
+        """The next admitted message of this iteration that ``wanted`` accepts (held ones
+        first); the others are held. None after ``timeout`` s."""
         held = self._take_held(wanted)
         if held is not None:
             return held
@@ -225,17 +371,21 @@ class PeerLink:
         if key is None:
             return True
         identity = (message.sender, message.kind, message.round, key)
-        if identity not in self._delivered:
-            self._delivered.add(identity)
+        first = identity not in self._delivered
+        self._delivered.add(identity)
+        if not first:
+            self.reliability["duplicates"] += 1
+        elif message.kind in self._acknowledged and not message.body.get("echo"):
+            self._owed.add((message.sender, message.kind))
+            self.answer(_peer_message(message), ack_kind(message.kind), {})
             return True
-        self.reliability["duplicates"] += 1
-        if is_retransmission(message.body):
+        if is_retransmission(message.body):  # its sender misses our answer, if we gave one
             stored = self.answers.get(message.sender, message.kind, key)
             if stored is not None:
                 kind, body = stored
                 self.reliability["echoes"] += 1
                 self.send(message.sender, kind, {**body, "echo": 1})
-        return False
+        return first
 
     def metrics(self) -> dict[str, Any]:
         """``peers/*`` counters so far and every estimator's state (what the runtime records)."""
@@ -258,7 +408,7 @@ class PeerLink:
                 down.add(neighbour)
         return frozenset(down)
 
-    def _take_held(self, wanted: Any) -> Message | None:
+    def _take_held(self, wanted: Callable[[Message], bool]) -> Message | None:
         index = 0
         while index < len(self._held):
             message, admitted = self._held[index]

@@ -17,7 +17,16 @@ algorithm.
   retransmission) and ``echo`` (1 when it is a stored answer sent again). The receiver delivers the
   first copy of each (sender, kind, iteration, exchange) to the algorithm once and suppresses
   later copies; a suppressed *retransmission* (never an echo, so two ends never ping-pong) is
-  answered by re-sending the stored answer to it, if there is one (:class:`AnswerStore`).
+  answered by re-sending the stored answer to it, if there is one (:class:`AnswerStore`); so is
+  a retransmission whose earlier copies were all lost (its sender is missing the answer).
+* Rounds (:class:`RoundResult`, ``PeerLink.exchange_round``): the symmetric "send my message to
+  every neighbour and collect theirs" step of gossip, row exchanges and max-propagation. Each
+  message is also the stored answer to the neighbour's message of the same round, so a
+  neighbour that missed it retransmits and gets it back, even from an agent already a round
+  ahead; ``PeerLink.linger`` answers such late retransmissions after the last round.
+* One-way messages (``PeerLink.deliver``/``accept_deliveries``): a message with no natural
+  answer (a token) is answered on arrival by an empty acknowledgement of kind :func:`ack_kind`,
+  stored like any answer.
 """
 
 from __future__ import annotations
@@ -44,6 +53,29 @@ STORE_DEPTH = 4
 """Stored answers kept per neighbour (the latest ones; an exchange older than that is over)."""
 
 ExchangeKey = tuple[int, ...]
+
+
+def ack_kind(kind: str) -> str:
+    """Kind of the empty acknowledgement of a one-way reliable message of ``kind`` (its body has
+    only the reliability fields :data:`RELIABLE_FIELDS`)."""
+    return f"{kind}/ack"
+
+
+@dataclass
+class RoundResult:
+    """What one agent got from one reliable round (``PeerLink.exchange_round``)."""
+
+    messages: dict[int, Any] = field(default_factory=dict)
+    """Neighbour → its message of the round (a ``PeerMessage``), for those that came."""
+    missing: list[int] = field(default_factory=list)
+    """Neighbours whose message did not come although they were alive: retransmissions used up
+    with the neighbour silent, or the round's deadline passed."""
+    down: list[int] = field(default_factory=list)
+    """Neighbours the transport reported lost while the round waited for them."""
+    retransmissions: int = 0
+    """Copies of this agent's messages re-sent during the round."""
+    bytes_sent: int = 0
+    """Bytes of this agent's copies of the round on the wire (first copies and re-sent ones)."""
 
 
 @dataclass(frozen=True)
@@ -268,6 +300,13 @@ class AnswerStore:
         entries = self._by_neighbour.get(neighbour, ())
         for entry_answered, entry_key, kind, body in reversed(entries):
             if entry_answered == answered and entry_key == key:
+                return kind, body
+        return None
+
+    def latest(self, neighbour: int, answered: str) -> tuple[str, dict[str, Any]] | None:
+        """The last answer stored for ``neighbour``'s messages of ``answered``, if any."""
+        for entry_answered, _, kind, body in reversed(self._by_neighbour.get(neighbour, ())):
+            if entry_answered == answered:
                 return kind, body
         return None
 
