@@ -208,6 +208,7 @@ def launch(
             f"fault spec {fault_spec.source}: crash: {config.algo} runs one centralized learner "
             "process, not one process per agent; crash entries cannot apply to it"
         )
+    options.check_faults(fault_spec)
     if resume is None:
         run_dir, start = new_run_dir(config), 0
     else:

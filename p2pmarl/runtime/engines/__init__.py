@@ -9,11 +9,13 @@ extra ``p2pmarl[ray]``).
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from p2pmarl.config import ConfigError
+from p2pmarl.runtime.faults import FaultSpec
 
 ENGINES = ("local", "ray")
 """Values of ``p2pmarl launch --engine``."""
@@ -67,3 +69,16 @@ class EngineOptions:
             )
         if self.name != "ray" and (self.ray_address or self.placement != "spread"):
             raise ConfigError("--ray-address and --placement apply to --engine ray only")
+        if self.name == "ray" and importlib.util.find_spec("ray") is None:
+            raise ConfigError(
+                "--engine ray needs Ray, an optional extra: pip install 'p2pmarl[ray]' "
+                "(see docs/cluster.md)"
+            )
+
+    def check_faults(self, spec: FaultSpec | None) -> None:
+        """Crash entries are executed by the local engine only; link faults work everywhere."""
+        if self.name != "local" and spec is not None and spec.crash:
+            raise ConfigError(
+                f"fault spec {spec.source}: crash entries are executed by the local engine; "
+                f"--engine {self.name} cannot have them (link faults are fine)"
+            )

@@ -183,7 +183,7 @@ def _first_line(error: BaseException) -> str:
 class RayEngine(LocalEngine):
     """Places the world and every agent as Ray actors; watched and reported as local processes.
 
-    Fault-spec crashes are not executed by this engine (a crash entry is refused).
+    Fault-spec crashes are not executed by this engine (``EngineOptions.check_faults``).
     """
 
     def __init__(
@@ -191,11 +191,7 @@ class RayEngine(LocalEngine):
         crash_plan: CrashPlan, options: EngineOptions,
     ) -> None:
         require_ray()
-        if crash_plan.spec is not None and crash_plan.spec.crash:
-            raise ConfigError(
-                "crash entries of a fault spec are executed by the local engine; --engine ray "
-                "cannot have them (link faults are fine)"
-            )
+        options.check_faults(crash_plan.spec)
         super().__init__(run_dir, config, n_agents, start, crash_plan)
         self.topology = topology
         self.options = options
