@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -167,6 +168,61 @@ def test_ray_engine_on_a_local_ray_gives_the_numbers_of_a_local_run(tmp_path,
     time.sleep(1.0)
     assert not _ray_processes() - before, "Ray processes left behind"
     print(f"ray run {ray_seconds:.1f} s")
+
+
+def _start_long_ray_run(prefix: list[str], out: Path) -> tuple[subprocess.Popen, Path]:
+    """A 200-iteration Ray run in its own session; returns it and its run directory once every
+    agent has recorded an iteration."""
+    args = [a if a != "2" else "200" for a in RUN]  # --iterations 2 → 200
+    launcher = subprocess.Popen(
+        [*prefix, sys.executable, "-m", "p2pmarl", "launch", *args, "--out", str(out),
+         "--engine", "ray"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=RAY_ENV,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and launcher.poll() is None:
+        metrics = list(out.glob("*/agents/agent-*/metrics.jsonl"))
+        if len(metrics) == 4 and all("iteration" in m.read_text() for m in metrics):
+            return launcher, metrics[0].parents[2]
+        time.sleep(0.5)
+    os.killpg(launcher.pid, signal.SIGKILL)
+    raise AssertionError("the Ray run never reached its first iteration: "
+                         + "".join(launcher.communicate()))
+
+
+@pytest.mark.slow
+def test_a_dead_actor_fails_the_run_and_ctrl_c_stops_everything(no_leaked_processes):
+    """A killed actor is reported like a dead local process (named, exit 1); Ctrl-C to the
+    launcher's process group (a terminal's) stops every actor and the local Ray instance."""
+    prefix = _loopback_namespace()
+    before = _ray_processes()
+    launcher, run = _start_long_ray_run(prefix, no_leaked_processes / "killed")
+    try:
+        os.kill(json.loads((run / "pids.json").read_text())["agent 2"], signal.SIGKILL)
+        stdout, stderr = launcher.communicate(timeout=60)
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 1, stderr
+    assert "agent 2 (Ray actor on node 127.0.0.1" in stderr and "actor died" in stderr, stderr
+    summary = json.loads(stdout)  # Ray's own messages went to stderr, not into the JSON
+    assert summary["status"] == "failed" and summary["failed_process"] == "agent 2"
+
+    launcher, run = _start_long_ray_run(prefix, no_leaked_processes / "interrupted")
+    try:
+        os.killpg(launcher.pid, signal.SIGINT)
+        started = time.monotonic()
+        stdout, _ = launcher.communicate(timeout=60)
+        stopped = time.monotonic() - started
+    finally:
+        if launcher.poll() is None:
+            os.killpg(launcher.pid, signal.SIGKILL)
+    assert launcher.returncode == 130
+    assert json.loads(stdout)["status"] == "interrupted"
+    assert stopped < 30, stopped
+    time.sleep(1.0)
+    assert not _ray_processes() - before, "Ray processes left behind"
 
 
 # -- a two-node Ray cluster in two network namespaces ---------------------------------------------

@@ -175,6 +175,22 @@ class ActorChild:
             self.code, self.error = ACTOR_LOST, f"its Ray actor failed: {_first_line(error)}"
 
 
+def _driver_messages_to_stderr() -> None:
+    """Ray's driver prints the cluster's error messages (e.g. "A worker died") to stdout, where
+    ``launch --json`` writes the summary: send them to stderr. A no-op where Ray has no such
+    hook (the function is internal to Ray)."""
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "p2pmarl_stderr", False):
+        return
+
+    def to_stderr(data: dict, *args: Any, **kwargs: Any) -> None:
+        original({**data, "is_err": True}, *args, **kwargs)
+
+    to_stderr.p2pmarl_stderr = True  # type: ignore[attr-defined]
+    worker.print_to_stdstream = to_stderr
+
+
 def _first_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return lines[-1] if lines else type(error).__name__
@@ -232,6 +248,7 @@ class RayEngine(LocalEngine):
 
     def _connect(self) -> None:
         """Join ``--ray-address``'s cluster, or start a local instance with one CPU per process."""
+        _driver_messages_to_stderr()
         quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if self.options.ray_address:
             try:
