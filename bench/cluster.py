@@ -178,6 +178,7 @@ def _available_mb() -> float:
 def largest_ring(ns: str, work: Path, engine: list[str], budget: float, max_agents: int) -> dict:
     """The largest ring of 16, 32, 64, ... agents that completes one iteration (see module doc)."""
     tried, largest, stopped = [], None, f"reached --max-agents {max_agents}"
+    work.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + budget
     n, per_process_mb = 16, None
     while n <= max_agents:
