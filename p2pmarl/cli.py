@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     launch.add_argument("--no-progress", action="store_true", help="no live progress display")
     launch.add_argument("--json", action="store_true", help="print summary.json to stdout")
     _add_host_flags(launch)
+    _add_engine_flags(launch)
     topology = commands.add_parser("topology", help="check or draw a topology file")
     topology_commands = topology.add_subparsers(dest="topology_command", required=True)
     check = topology_commands.add_parser("check", help="print N, edges, degrees, diameter, λ₂")
@@ -151,6 +152,18 @@ def _add_host_flags(launch: argparse.ArgumentParser) -> None:
     launch.add_argument(
         "--world-address", metavar="HOST:PORT", help="tcp address the world binds (with --only)"
     )
+
+
+def _add_engine_flags(launch: argparse.ArgumentParser) -> None:
+    """Where the processes run: forked here or as Ray actors (issue 17, docs/cluster.md)."""
+    launch.add_argument("--engine", choices=("local", "ray"), default="local",
+                        help="local: fork every process here (default); ray: one Ray actor per "
+                             "process (pip install 'p2pmarl[ray]')")
+    launch.add_argument("--ray-address", metavar="ADDR",
+                        help="with --engine ray: join this Ray cluster (HOST:PORT of its head); "
+                             "without it a local Ray instance runs for the run's duration")
+    launch.add_argument("--placement", choices=("spread", "pack"), default="spread",
+                        help="with --engine ray: spread the actors over the nodes or pack them")
 
 
 def _add_cluster_commands(commands: argparse._SubParsersAction) -> None:
@@ -246,9 +259,15 @@ def _run_launch(args: argparse.Namespace) -> int:
     config = _launch_config(args)
     resume = Path(args.resume) if args.resume else None
     if args.only or args.world_only:
+        if args.engine != "local":
+            raise ConfigError("--only/--world-only start this host's part with the local engine; "
+                              "drop --engine ray (Ray places every process itself)")
         result = _launch_part(args, config)
     else:
-        result = launch(config, resume=resume, show_progress=not args.no_progress)
+        from p2pmarl.runtime.engines import EngineOptions
+
+        engine = EngineOptions(args.engine, args.ray_address, args.placement)
+        result = launch(config, resume=resume, show_progress=not args.no_progress, engine=engine)
     for message in result.messages:
         print(message, file=sys.stderr)
     _print_summary(result, args.json)

@@ -29,15 +29,17 @@ import zmq
 from p2pmarl.algos import algorithm_class
 from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.runtime import faults
-from p2pmarl.runtime.launcher import (
+from p2pmarl.runtime.engines.local import (
     CHILD_MODULES,
     FINISH_GRACE,
     POLL_INTERVAL,
     Child,
-    Launcher,
-    LaunchResult,
+    LocalEngine,
     _preload,
     _tail,
+)
+from p2pmarl.runtime.launcher import (
+    LaunchResult,
     endpoints_for,
     load_checked_topology,
     write_curve_keys,
@@ -190,7 +192,7 @@ def write_part_files(
     write_json(run_dir.endpoints, endpoints)
 
 
-class PartLauncher(Launcher):
+class PartLauncher(LocalEngine):
     """Starts and watches one host's processes; the other hosts' are out of its sight."""
 
     def __init__(self, run_dir: RunDir, config: RunConfig, part: HostPart, endpoints: dict):

@@ -1,30 +1,22 @@
 """The launcher: turns a config and a topology into one world and N agent processes, and watches.
 
-It takes no part in learning. It writes the run directory, starts the processes (each dies with
-the launcher: ``PR_SET_PDEATHSIG``), shows progress from the files the processes write, executes
-and follows the crashes the fault spec asks for (:mod:`p2pmarl.runtime.crashes`), stops
-everything on Ctrl-C or when a process dies unplanned, and writes ``summary.json``.
+It takes no part in learning. It writes the run directory, has an engine
+(:mod:`p2pmarl.runtime.engines`: forked processes here, or Ray actors on a cluster) start the
+processes, shows progress from the files the processes write, stops everything on Ctrl-C or when
+a process dies unplanned, and writes ``summary.json``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import datetime
-import gc
-import importlib
 import importlib.metadata
 import json
-import logging
-import multiprocessing
 import os
 import platform
 import shutil
-import signal
 import sys
 import tempfile
 import time
-import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +27,8 @@ from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.envs import env_spec
 from p2pmarl.runtime import faults
 from p2pmarl.runtime.crashes import CrashPlan
+from p2pmarl.runtime.engines import Engine, EngineOptions
+from p2pmarl.runtime.engines.local import FINISH_GRACE, LocalEngine
 from p2pmarl.runtime.progress import ProgressView
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl, write_json
 from p2pmarl.runtime.summary import build_summary
@@ -42,48 +36,11 @@ from p2pmarl.runtime.tensorboard import TensorBoardExporter
 from p2pmarl.runtime.transport import KEYS_DIR, agent_key_file, public_keys_file
 from p2pmarl.topology import Topology, load_topology
 
-POLL_INTERVAL = 0.25
-"""Seconds between checks of the child processes and their progress files."""
-SHUTDOWN_GRACE = 3.0
-"""Seconds a child gets between SIGTERM and SIGKILL."""
-FINISH_GRACE = 30.0
-"""Seconds agents get to exit after the world has finished."""
-LOG_TAIL_LINES = 20
-"""Lines of a dead process's log printed by the launcher."""
 PACKAGES = ("p2pmarl", "torch", "pyzmq", "msgpack", "numpy", "networkx", "pettingzoo", "mpe2")
 
 
 class LaunchError(RuntimeError):
     """A run that could not be started or that failed; the message names the process."""
-
-
-CHILD_MODULES = ("p2pmarl.runtime.world", "p2pmarl.runtime.agent")
-"""Imported once by the launcher, then forked: 24 agents start in well under a second."""
-LAZY_MODULES = ("torch.fx.experimental.symbolic_shapes",)
-"""Modules torch imports only on first use inside a learning step, preloaded for the same reason:
-``torch.autograd.grad`` with ``grad_outputs`` (every Fisher-vector product) imports
-``symbolic_shapes`` and with it sympy, about 2 s of CPU and 40 MB of private memory in every
-agent process that imports it itself (issue 15)."""
-
-
-@dataclass
-class Child:
-    """One started process and where its output goes."""
-
-    name: str
-    process: multiprocessing.process.BaseProcess
-    output: Path
-    log: Path
-    agent: int | None = None
-    """The agent id of an agent process (None for the world)."""
-
-    def poll(self) -> int | None:
-        """Exit code (negative: killed by that signal), or None while running."""
-        return self.process.exitcode
-
-    def wait(self, timeout: float) -> int | None:
-        self.process.join(timeout)
-        return self.process.exitcode
 
 
 @dataclass
@@ -94,39 +51,6 @@ class LaunchResult:
     summary: dict
     exit_code: int
     messages: list[str] = field(default_factory=list)
-
-
-def _die_with_parent() -> None:
-    """Child-side: get SIGKILL when the launcher dies, so no process is ever orphaned."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG = 1
-    except (OSError, AttributeError):
-        pass
-
-
-def _child_main(module: str, args: list[str], output: str) -> None:
-    """Entry point of a forked child: own session, output to its file, then the module's main."""
-    _die_with_parent()
-    os.setsid()  # Ctrl-C reaches the launcher only; it stops the children itself
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(descriptor, 1)
-    os.dup2(descriptor, 2)
-    os.close(descriptor)
-    code = 1
-    try:
-        code = importlib.import_module(module).main(args)
-    except BaseException:
-        traceback.print_exc()
-    finally:
-        # Skip interpreter teardown inherited from the launcher (atexit hooks, zmq context
-        # destructors, thread joins): a forked child must not hang on its way out.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
 
 
 def load_checked_topology(config: RunConfig) -> Topology:
@@ -168,8 +92,10 @@ def new_run_dir(config: RunConfig) -> RunDir:
 
 
 def write_run_files(
-    run_dir: RunDir, config: RunConfig, topology: Topology, socket_dir: Path
+    run_dir: RunDir, config: RunConfig, topology: Topology, socket_dir: Path | None
 ) -> None:
+    """config.json and topology.json; endpoints.json and CURVE keys unless ``socket_dir`` is
+    None (an engine that places processes itself, Ray, writes those once they are bound)."""
     world_seed, agent_seeds = process_seeds(config.seed, topology.n_agents)
     write_json(
         run_dir.config,
@@ -182,11 +108,13 @@ def write_run_files(
         },
     )
     topology.save_node_link(run_dir.topology)
+    keys = run_dir.root / KEYS_DIR
+    shutil.rmtree(keys, ignore_errors=True)  # a resumed run gets fresh keys
+    if socket_dir is None:
+        return
     centralized = algorithm_class(config.algo).centralized
     endpoints = endpoints_for(topology, socket_dir, centralized)
     write_json(run_dir.endpoints, endpoints)
-    keys = run_dir.root / KEYS_DIR
-    shutil.rmtree(keys, ignore_errors=True)  # a resumed run gets fresh keys
     if any(address.startswith("tcp://") for address in endpoints["agents"].values()):
         write_curve_keys(run_dir.root, [int(agent) for agent in endpoints["agents"]])
 
@@ -239,172 +167,6 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _preload() -> None:
-    """Import what every child needs once, here, so N forks do not each import it on 2 cores.
-
-    Creating a network triggers torch's lazy imports; ``gc.freeze`` keeps the children's first
-    garbage collections from touching (and so copying) the inherited objects.
-    """
-    for module in (*CHILD_MODULES, *LAZY_MODULES):
-        importlib.import_module(module)
-    from p2pmarl.algos.networks import CategoricalPolicy
-
-    CategoricalPolicy(2, (2,), (2,))
-    gc.collect()
-    gc.freeze()
-
-
-class Launcher:
-    """Starts, watches and stops the processes of one run."""
-
-    def __init__(
-        self, run_dir: RunDir, config: RunConfig, n_agents: int, start: int,
-        crash_plan: CrashPlan | None = None,
-    ) -> None:
-        self.run_dir = run_dir
-        self.config = config
-        self.n_agents = n_agents
-        self.start = start
-        self.crash_plan = crash_plan or CrashPlan(None)
-        self.children: list[Child] = []
-        """The world, then the running process of each agent (index 1 + agent id)."""
-        self.retired: list[Child] = []
-        """Agent processes that crashed as planned."""
-
-    def spawn(self) -> None:
-        _preload()
-        # ``at_seconds`` counts from here: the preload's imports (seconds on a loaded machine)
-        # are not part of the run, and a clock started before them could fire before the
-        # agents have even connected.
-        self.crash_plan.started = time.monotonic()
-        self._spawn("world", CHILD_MODULES[0], self._common(self.start), self.run_dir.world_log)
-        for agent in range(self.n_agents):
-            self._spawn_agent(agent, self.start, life=0)
-        self._write_pids()
-
-    def _common(self, start: int) -> list[str]:
-        return ["--run-dir", str(self.run_dir.root), "--start-iteration", str(start)]
-
-    def _spawn_agent(self, agent: int, start: int, life: int) -> Child:
-        args = [*self._common(start), "--agent", str(agent), "--life", str(life)]
-        return self._spawn(f"agent {agent}", CHILD_MODULES[1], args, self.run_dir.agent_log(agent),
-                           agent)
-
-    def _write_pids(self) -> None:
-        write_json(self.run_dir.pids, {c.name: c.process.pid for c in self.children})
-
-    def _spawn(
-        self, name: str, module: str, args: list[str], log: Path, agent: int | None = None
-    ) -> Child:
-        output = log.with_name(log.stem + ".out")
-        output.parent.mkdir(parents=True, exist_ok=True)
-        context = multiprocessing.get_context("fork")
-        process = context.Process(
-            target=_child_main, args=(module, args, str(output)), name=name, daemon=False
-        )
-        process.start()
-        child = Child(name, process, output, log, agent)
-        if agent is None or len(self.children) <= 1 + agent:
-            self.children.append(child)
-        else:
-            self.children[1 + agent] = child
-        return child
-
-    def _agents_running(self) -> list[Child]:
-        return [c for c in self.children[1:] if c.agent not in self.crash_plan.ended]
-
-    def _inject_kills(self) -> None:
-        """``at_seconds`` crashes: SIGKILL the agent's running process."""
-        for agent in self.crash_plan.due_kills(range(self.n_agents)):
-            child = self.children[1 + agent]
-            if child.poll() is None:
-                logging.getLogger(__name__).warning("injected crash: SIGKILL %s", child.name)
-                os.kill(child.process.pid, signal.SIGKILL)
-
-    def _planned_crash(self, child: Child, code: int) -> bool:
-        """Handle an agent process that ended with ``code``; False if that was not planned."""
-        assert child.agent is not None
-        crash = self.crash_plan.expected(child.agent, code)
-        if crash is None:
-            return False
-        self.crash_plan.record_crash(child.agent, crash, child.process.pid)
-        self.retired.append(child)
-        if crash.restart:
-            start = max(self.run_dir.checkpoint_iterations(child.agent), default=0)
-            life = self.crash_plan.life(child.agent)
-            new = self._spawn_agent(child.agent, start, life)
-            self.crash_plan.record_restart(child.agent, start, new.process.pid)
-            self._write_pids()
-        return True
-
-    def watch(self, on_poll: Callable[[], None]) -> tuple[str, str | None]:
-        """Wait until the world finishes or a process dies unplanned; returns (status, culprit).
-
-        Crashes of the fault spec are executed here (``at_seconds``) or noticed (the process
-        ended with SIGKILL as planned) and followed by a restart when the spec asks for one.
-        """
-        world = self.children[0]
-        finished_at: dict[str, float] = {}
-        while True:
-            on_poll()
-            self._inject_kills()
-            for child in self._agents_running():
-                code = child.poll()
-                if code is not None and code != 0:
-                    if self._planned_crash(child, code):
-                        continue
-                    return "failed", child.name
-                if code == 0:
-                    # An agent that finished cleanly is normal while the world is shutting
-                    # down; one that finished while the world keeps waiting for it is not.
-                    since = finished_at.setdefault(child.name, time.monotonic())
-                    if world.poll() is None and time.monotonic() - since > FINISH_GRACE:
-                        return "failed", child.name
-            code = world.poll()
-            if code is not None:
-                return ("completed", None) if code == 0 else ("failed", world.name)
-            time.sleep(POLL_INTERVAL)
-
-    def wait_agents(self, timeout: float) -> str | None:
-        """After the world is done: wait for agents to exit; returns the first that failed."""
-        deadline = time.monotonic() + timeout
-        for child in self._agents_running():
-            code = child.wait(max(0.1, deadline - time.monotonic()))
-            if code != 0:
-                return child.name
-        return None
-
-    def stop_all(self) -> None:
-        """SIGTERM every live child, SIGKILL what is left after the grace period, reap all."""
-        for child in self.retired:
-            child.wait(SHUTDOWN_GRACE)
-        for child in self.children:
-            if child.poll() is None:
-                child.process.terminate()
-        deadline = time.monotonic() + SHUTDOWN_GRACE
-        for child in self.children:
-            if child.wait(max(0.05, deadline - time.monotonic())) is None:
-                child.process.kill()
-                child.wait(SHUTDOWN_GRACE)
-
-    def describe_failure(self, name: str) -> str:
-        child = next(c for c in self.children if c.name == name)
-        code = child.poll()
-        how = "is unresponsive" if code is None else f"exited with code {code}"
-        if code is not None and code < 0:
-            how = f"was killed by signal {signal.Signals(-code).name}"
-        lines = [f"{name} {how}. Last lines of {child.log} and {child.output.name}:"]
-        for path in (child.log, child.output):
-            lines.extend("    " + line for line in _tail(path, LOG_TAIL_LINES))
-        return "\n".join(lines)
-
-
-def _tail(path: Path, n: int) -> list[str]:
-    try:
-        return path.read_text(errors="replace").splitlines()[-n:]
-    except OSError:
-        return []
-
 
 def resume_start(run_dir: RunDir, n_agents: int) -> int:
     """The last iteration count for which every agent has a checkpoint."""
@@ -417,10 +179,27 @@ def resume_start(run_dir: RunDir, n_agents: int) -> int:
     return max(common)
 
 
+def make_engine(
+    options: EngineOptions, run_dir: RunDir, config: RunConfig, topology: Topology,
+    learners: int, start: int, crash_plan: CrashPlan,
+) -> Engine:
+    """The engine ``options`` names (the Ray one is imported only when asked for)."""
+    if options.name == "local":
+        return LocalEngine(run_dir, config, learners, start, crash_plan)
+    from p2pmarl.runtime.engines.ray import RayEngine
+
+    return RayEngine(run_dir, config, topology, learners, start, crash_plan, options)
+
+
 def launch(
-    config: RunConfig, *, resume: Path | None = None, show_progress: bool = True
+    config: RunConfig, *, resume: Path | None = None, show_progress: bool = True,
+    engine: EngineOptions | None = None,
 ) -> LaunchResult:
-    """Run one training job end to end and return its summary."""
+    """Run one training job end to end and return its summary.
+
+    ``engine`` places the processes (default: forked on this machine, ``EngineOptions()``).
+    """
+    options = engine or EngineOptions()
     topology = load_checked_topology(config)
     fault_spec = faults.resolve_run_faults(config, topology)  # a bad spec fails before any start
     learners = 1 if algorithm_class(config.algo).centralized else topology.n_agents
@@ -429,6 +208,7 @@ def launch(
             f"fault spec {fault_spec.source}: crash: {config.algo} runs one centralized learner "
             "process, not one process per agent; crash entries cannot apply to it"
         )
+    options.check_faults(fault_spec)
     if resume is None:
         run_dir, start = new_run_dir(config), 0
     else:
@@ -438,12 +218,14 @@ def launch(
             raise ConfigError(
                 f"{resume}: already has {start} iterations; pass --iterations > {start}"
             )
-    socket_dir = Path(tempfile.mkdtemp(prefix="p2pmarl-", dir="/tmp"))
+    local = options.name == "local"
+    socket_dir = Path(tempfile.mkdtemp(prefix="p2pmarl-", dir="/tmp")) if local else None
+    crash_plan = CrashPlan(fault_spec)
+    launcher = make_engine(options, run_dir, config, topology, learners, start, crash_plan)
     write_run_files(run_dir, config, topology, socket_dir)
     faults.write_run_spec(run_dir, fault_spec)  # faults_spec.json: what every agent injects
-    launcher = Launcher(run_dir, config, learners, start, CrashPlan(fault_spec))
     view = ProgressView(run_dir, config, learners, start, enabled=show_progress)
-    view.ended = launcher.crash_plan.ended
+    view.ended = crash_plan.ended
     exporter = TensorBoardExporter(run_dir, learners) if config.tensorboard else None
 
     def on_poll() -> None:
@@ -466,18 +248,20 @@ def launch(
         messages.append("interrupted: stopping every process")
     finally:
         launcher.stop_all()
-        shutil.rmtree(socket_dir, ignore_errors=True)
+        if socket_dir is not None:
+            shutil.rmtree(socket_dir, ignore_errors=True)
         if exporter is not None:
             exporter.close()
     if culprit is not None:
         messages.append(launcher.describe_failure(culprit))
     summary = build_summary(
         run_dir, config, topology.n_agents, learners, status, time.monotonic() - started,
-        ended=launcher.crash_plan.ended,
+        ended=crash_plan.ended,
     )
     summary["failed_process"] = culprit
     # faults.jsonl merged (the agents' link faults and the launcher's crashes); counts
-    summary.update(faults.summary_fields(run_dir, learners, launcher.crash_plan.events))
+    summary.update(faults.summary_fields(run_dir, learners, crash_plan.events))
+    summary["engine"] = launcher.describe()
     write_json(run_dir.summary, summary)
     exit_code = {"completed": 0, "interrupted": 130}.get(status, 1)
     return LaunchResult(run_dir.root, summary, exit_code, messages)
