@@ -254,8 +254,9 @@ def _print_summary(result, as_json: bool) -> None:
 
 
 def _run_launch(args: argparse.Namespace) -> int:
-    from p2pmarl.runtime.launcher import launch
+    from p2pmarl.runtime.launcher import honour_interrupts, launch
 
+    honour_interrupts()
     config = _launch_config(args)
     resume = Path(args.resume) if args.resume else None
     if args.only or args.world_only:

@@ -103,9 +103,16 @@ def _wait_for_rollout(out: Path, timeout: float = 60) -> Path:
     raise AssertionError("the run never connected")
 
 
-def test_ctrl_c_stops_every_process_within_seconds(no_leaked_processes):
+@pytest.mark.parametrize("inherited", ["default", "ignored"])
+def test_ctrl_c_stops_every_process_within_seconds(no_leaked_processes, inherited):
+    """``ignored``: started as a shell without job control starts ``cmd &``, SIGINT ignored."""
     out = no_leaked_processes
-    launcher = _start(out, iterations=50)
+    handler = signal.SIG_IGN if inherited == "ignored" else signal.getsignal(signal.SIGINT)
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        launcher = _start(out, iterations=50)  # Popen keeps an ignored SIGINT ignored in the child
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         run = _wait_for_rollout(out)
         time.sleep(1.0)

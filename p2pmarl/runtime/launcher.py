@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -39,8 +40,17 @@ from p2pmarl.topology import Topology, load_topology
 PACKAGES = ("p2pmarl", "torch", "pyzmq", "msgpack", "numpy", "networkx", "pettingzoo", "mpe2")
 
 
-class LaunchError(RuntimeError):
-    """A run that could not be started or that failed; the message names the process."""
+def honour_interrupts() -> None:
+    """Make SIGINT stop a run (KeyboardInterrupt, exit 130) even if it was inherited as ignored.
+
+    A shell without job control starts a background command (``p2pmarl launch ... &`` in a
+    script, ``( cmd & )``) with SIGINT ignored, and Python keeps an inherited "ignore": such a
+    launcher never stopped on ``kill -INT`` (seen as an intermittent ``test_ctrl_c...`` failure
+    whenever the test suite itself ran in the background). Called by the CLI's ``launch`` only,
+    in the main thread, before any process starts.
+    """
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 @dataclass
