@@ -238,7 +238,9 @@ def test_split_run_matches_a_same_host_run_and_refuses_a_stranger(
     for agent in range(4):
         rows = [json.loads(r) for r in
                 (merged / f"agents/agent-{agent}/metrics.jsonl").read_text().splitlines()]
-        assert all(r.get("net/rejected", 0) == 0 for r in rows)
+        # late copies of an earlier iteration's messages (the reliable layer's second DONE, say)
+        # are counted as stale rounds; nothing else may have been rejected
+        assert all(r.get("net/rejected", 0) == r.get("net/stale_rounds", 0) for r in rows), rows
     # Each host held only its own agents' secret keys.
     assert sorted(p.name for p in (out / "host-b/keys").iterdir()) == [
         "agent-2.key", "agent-3.key", "public.json"

@@ -320,6 +320,8 @@ class AgentProcess:
                 "time/iteration_seconds": time.monotonic() - started,
                 "net/bytes_sent": self.transport.sent_bytes,
                 "net/rejected": sum(self.transport.rejected.values()),
+                # of those, late copies of an earlier iteration's messages (normal at phase ends)
+                "net/stale_rounds": self.transport.rejected.get("stale_round", 0),
                 **self._fault_metrics(),
                 **self.peers.metrics(),
                 "sys/peak_rss_mb": peak_rss_megabytes(),
