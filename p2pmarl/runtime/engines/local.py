@@ -75,27 +75,39 @@ def _die_with_parent() -> None:
         pass
 
 
+def run_main(module: str, args: list[str], output: str | Path) -> int:
+    """``module.main(args)`` with stdout and stderr appended to ``output``; its exit code.
+
+    An exception is printed to ``output`` and gives 1; logging is shut down and both streams
+    flushed on the way out. Shared by forked children and Ray actors.
+    """
+    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.close(descriptor)
+    try:
+        return importlib.import_module(module).main(args)
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    finally:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def _child_main(module: str, args: list[str], output: str) -> None:
     """Entry point of a forked child: own session, output to its file, then the module's main."""
     _die_with_parent()
     os.setsid()  # Ctrl-C reaches the launcher only; it stops the children itself
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    descriptor = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(descriptor, 1)
-    os.dup2(descriptor, 2)
-    os.close(descriptor)
     code = 1
     try:
-        code = importlib.import_module(module).main(args)
-    except BaseException:
-        traceback.print_exc()
+        code = run_main(module, args, output)
     finally:
         # Skip interpreter teardown inherited from the launcher (atexit hooks, zmq context
         # destructors, thread joins): a forked child must not hang on its way out.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
         os._exit(code)
 
 

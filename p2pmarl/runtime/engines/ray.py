@@ -21,23 +21,26 @@ stops the local Ray instance (or disconnects from the cluster), also on Ctrl-C a
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.runtime.crashes import CrashPlan
 from p2pmarl.runtime.engines import EngineOptions
-from p2pmarl.runtime.engines.local import CHILD_MODULES, LOG_TAIL_LINES, LocalEngine, _tail
+from p2pmarl.runtime.engines.local import (
+    CHILD_MODULES,
+    LOG_TAIL_LINES,
+    LocalEngine,
+    _tail,
+    run_main,
+)
 from p2pmarl.runtime.rundir import RunDir, write_json
 from p2pmarl.topology import Topology
 
@@ -113,22 +116,11 @@ class ProcessActor:
                 f"{self.run_root / 'endpoints.json'} on node {ray.util.get_node_ip_address()} "
                 "is not the endpoint table the launcher wrote: the run directory is not shared"
             )
-        descriptor = os.open(self.output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        os.dup2(descriptor, 1)
-        os.dup2(descriptor, 2)
-        os.close(descriptor)
-        code = 1
         try:
-            code = importlib.import_module(self.module).main(args)
-        except BaseException:
-            traceback.print_exc()
+            return run_main(self.module, args, self.output)
         finally:
-            logging.shutdown()
-            sys.stdout.flush()
-            sys.stderr.flush()
             if self._reserved is not None:
                 self._reserved.close()
-        return code
 
 
 class ActorChild:
