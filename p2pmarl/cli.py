@@ -46,6 +46,8 @@ _FLAG_HELP = {
     "env_backend": "batched (numpy over all copies) or mpe2 (the reference, copy by copy)",
     "admm_retransmissions": "re-sends of an unanswered ADMM message before the activation is "
     "aborted (adaptive waits; 0: fixed --admm-message-timeout waits)",
+    "peer_max_copies": "most copies of each reliable peer message on a link measured lossy "
+    "(1: never duplicate)",
     "env_kwargs": "JSON keyword arguments for an --env given as MODULE:FACTORY",
     "agent_order": "comma-separated agent names of an import-path env, in graph-node order",
     "tensorboard": "also write TensorBoard scalars to RUN_DIR/tensorboard/agent-I/",

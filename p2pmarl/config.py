@@ -92,6 +92,9 @@ class RunConfig:
     """Retransmissions of an unanswered ADMM message before its activation is aborted; waits follow
     a per-(neighbour, kind) RFC 6298 estimate with ``admm_message_timeout`` as the upper clamp
     (0: the fixed protocol, every wait lasts ``admm_message_timeout``, nothing is re-sent)."""
+    peer_max_copies: int = 4
+    """Most identical copies of each reliable peer message on a link whose measured loss calls
+    for them (``runtime/reliable.Redundancy``; 1: never duplicate)."""
     # issue 16: PettingZoo envs by import path, TensorBoard
     env_kwargs: str | None = None
     """JSON object of keyword arguments for an ``env`` given by import path (``MODULE:FACTORY``);
@@ -235,6 +238,10 @@ class RunConfig:
                 f"env_backend must be one of {', '.join(ENV_BACKENDS)}, got {self.env_backend!r}"
             )
         # issue 14
+        if self.peer_max_copies < 1:
+            raise ConfigError(
+                f"peer_max_copies must be ≥ 1 (1: never duplicate), got {self.peer_max_copies}"
+            )
         if self.admm_retransmissions < 0:
             raise ConfigError(
                 f"admm_retransmissions must be ≥ 0 (0: no retransmission), got "

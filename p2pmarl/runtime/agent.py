@@ -27,6 +27,7 @@ from p2pmarl.envs.base import EnvSpec
 from p2pmarl.runtime.codec import CodecError, Message, require_array
 from p2pmarl.runtime.faults import FaultyTransport, crash_iteration, read_run_spec, wrap_for_run
 from p2pmarl.runtime.peers import PeerLink
+from p2pmarl.runtime.reliable import Redundancy
 from p2pmarl.runtime.rundir import MetricsRecorder, RunDir, process_seeds, setup_process_logging
 from p2pmarl.runtime.transport import PeerTimeout, Transport, ZmqTransport, load_curve_keys
 from p2pmarl.runtime.world_link import (
@@ -246,7 +247,8 @@ class AgentProcess:
         curve = load_curve_keys(self.run_dir.root, self.agent_id, neighbours)
         transport = ZmqTransport(self.agent_id, self.peer_endpoints, neighbours, curve=curve)
         self.transport = wrap_for_run(transport, self.run_dir, self.config, self.topology)
-        self.peers = PeerLink(self.transport, iteration)
+        redundancy = Redundancy(max_copies=self.config.peer_max_copies)
+        self.peers = PeerLink(self.transport, iteration, redundancy=redundancy)
 
     def run(self) -> None:
         if self.life == 0:

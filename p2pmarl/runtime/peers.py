@@ -15,7 +15,8 @@ one-way message (a token), :meth:`PeerLink.finish_phase` (called by the runtime 
 phase) answers late retransmissions of the last round, and :meth:`PeerLink.timeout_for` gives
 any waiting code the current estimate.
 Duplicate copies of a reliable message are suppressed here, so an algorithm sees each at most
-once.
+once; on a link whose measured loss calls for it (:class:`~p2pmarl.runtime.reliable.Redundancy`)
+every reliable message and answer goes out in several identical copies.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from p2pmarl.runtime.codec import Message
 from p2pmarl.runtime.reliable import (
     AnswerStore,
     ExchangeKey,
+    LossEstimate,
     Pending,
+    Redundancy,
     RetransmitPolicy,
     RoundResult,
     TimerTable,
@@ -49,7 +52,8 @@ class PeerLink:
     """Peers of one agent over any :class:`Transport`, for one training iteration at a time."""
 
     def __init__(
-        self, transport: Transport, iteration: int = 0, policy: RetransmitPolicy | None = None
+        self, transport: Transport, iteration: int = 0, policy: RetransmitPolicy | None = None,
+        redundancy: Redundancy | None = None,
     ) -> None:
         self.transport = transport
         self.agent_id = transport.agent_id
@@ -62,9 +66,14 @@ class PeerLink:
         self.timers = TimerTable(policy)
         """RFC 6298 estimators per (neighbour, kind); they persist across iterations."""
         self.answers = AnswerStore()
+        self.redundancy = redundancy or Redundancy()
+        self.losses: dict[int, LossEstimate] = {}
+        """Per neighbour: the link's estimated loss and the copies it calls for (they persist
+        across iterations, like the timers)."""
         self.reliability: Counter[str] = Counter()
         """``retransmissions``, ``duplicates`` (suppressed copies), ``echoes`` (stored answers
-        re-sent), ``given_up`` (requests that exhausted their retransmissions)."""
+        re-sent), ``given_up`` (requests that exhausted their retransmissions), ``extra_copies``
+        (redundant copies sent)."""
         self._delivered: set[tuple[int, str, int, ExchangeKey]] = set()
         self._exchanges: Counter[str] = Counter()
         self._owed: set[tuple[int, str]] = set()
@@ -100,6 +109,21 @@ class PeerLink:
         self.sent_log.append((neighbour, kind, tuple(sorted(body))))
         return self.transport.send(neighbour, kind, self.iteration, body)
 
+    def loss(self, neighbour: int) -> LossEstimate:
+        """The loss estimate of the link to ``neighbour`` (created on first use)."""
+        if neighbour not in self.losses:
+            self.losses[neighbour] = LossEstimate(self.redundancy)
+        return self.losses[neighbour]
+
+    def _send_copies(
+        self, neighbour: int, kind: str, body: Mapping[str, Any], copies: int | None = None
+    ) -> int:
+        """Send ``body`` as ``copies`` identical copies (default: what the link's loss calls
+        for); returns the bytes of all of them."""
+        copies = self.loss(neighbour).copies() if copies is None else copies
+        self.reliability["extra_copies"] += copies - 1
+        return sum(self.send(neighbour, kind, body) for _ in range(copies))
+
     def send_reliable(
         self, neighbour: int, kind: str, body: Mapping[str, Any], key: Iterable[int],
         answers: Iterable[str] = (),
@@ -111,10 +135,12 @@ class PeerLink:
         exchange (a symmetric exchange answers the partner's message of its own kind)."""
         key = tuple(int(k) for k in key)
         full = {**body, "exchange": list(key), "attempt": 0, "echo": 0}
-        pending = Pending(neighbour, kind, full, key, self.timers.timer(neighbour, kind))
+        loss = self.loss(neighbour)
+        pending = Pending(neighbour, kind, full, key, self.timers.timer(neighbour, kind),
+                          loss=loss, copies=loss.copies())
         if answers:
             self.answers.put(neighbour, answers, key, kind, full)
-        pending.bytes_sent = self.send(neighbour, kind, full)
+        pending.bytes_sent = self._send_copies(neighbour, kind, full, pending.copies)
         return pending
 
     def resend(self, pending: Pending) -> int:
@@ -132,12 +158,12 @@ class PeerLink:
         """One more copy of ``pending``, marked as an echo (it is never answered): for a
         neighbour that may have missed it while this agent is about to stop waiting."""
         self.reliability["echoes"] += 1
-        return self.send(pending.neighbour, pending.kind, {**pending.body, "echo": 1})
+        return self._send_copies(pending.neighbour, pending.kind, {**pending.body, "echo": 1})
 
     def _send_copy(self, pending: Pending) -> int:
         self.reliability["retransmissions"] += 1
         body = {**pending.body, "attempt": pending.attempts}
-        return self.send(pending.neighbour, pending.kind, body)
+        return self._send_copies(pending.neighbour, pending.kind, body)
 
     def answer(self, request: PeerMessage, kind: str, body: Mapping[str, Any]) -> int:
         """Answer ``request`` (a reliable message) with ``kind``/``body``; a retransmission of the
@@ -145,7 +171,7 @@ class PeerLink:
         key = exchange_key(request.body) or ()
         full = {**body, "exchange": list(key), "attempt": 0, "echo": 0}
         self.answers.put(request.sender, (request.kind,), key, kind, full)
-        return self.send(request.sender, kind, full)
+        return self._send_copies(request.sender, kind, full)
 
     def forget(self, neighbour: int, key: Iterable[int]) -> None:
         """Drop the stored answers of an exchange this agent gave up on; later copies of the
@@ -286,7 +312,7 @@ class PeerLink:
             stored = self.answers.latest(j, answered)
             if stored is not None:
                 self.reliability["echoes"] += 1
-                self.send(j, stored[0], {**stored[1], "echo": 1})
+                self._send_copies(j, stored[0], {**stored[1], "echo": 1})
         longest = max(self.timeout_for(j, kind) for j, kind in owed)
         seconds = longest * (1 + self.timers.policy.linear_retransmissions)
         self.linger(seconds)
@@ -384,13 +410,14 @@ class PeerLink:
             if stored is not None:
                 kind, body = stored
                 self.reliability["echoes"] += 1
-                self.send(message.sender, kind, {**body, "echo": 1})
+                self._send_copies(message.sender, kind, {**body, "echo": 1})
         return first
 
     def metrics(self) -> dict[str, Any]:
         """``peers/*`` counters so far and every estimator's state (what the runtime records)."""
         stats: dict[str, Any] = {f"peers/{k}": v for k, v in sorted(self.reliability.items())}
         stats["peers/timeouts"] = self.timers.snapshot()
+        stats["peers/loss"] = {str(j): e.snapshot() for j, e in sorted(self.losses.items())}
         return stats
 
     def mark_rollout(self) -> None:
