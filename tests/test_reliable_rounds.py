@@ -193,7 +193,8 @@ def test_finish_phase_stays_only_when_it_owes_answers() -> None:
     b.send_reliable(0, "g", {"v": 1}, (0,), answers=("g",))
     a.exchange_round("g", {1: {"v": 0}}, (0,), deadline=time.monotonic() + 1.0)
     seconds = a.finish_phase()
-    assert seconds == pytest.approx(FAST.min_timeout * 5, abs=0.3) and seconds > 0
+    rto = a.timeout_for(1, "g")  # (1 + linear retransmissions) × the longest RTO owed
+    assert seconds == pytest.approx(rto * (1 + FAST.linear_retransmissions)) and seconds > 0
     assert a.finish_phase() == 0.0  # owed once per phase
 
 

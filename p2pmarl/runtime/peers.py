@@ -32,7 +32,6 @@ from p2pmarl.runtime.codec import Message
 from p2pmarl.runtime.reliable import (
     AnswerStore,
     ExchangeKey,
-    LossEstimate,
     Pending,
     Redundancy,
     RetransmitPolicy,
@@ -67,9 +66,6 @@ class PeerLink:
         """RFC 6298 estimators per (neighbour, kind); they persist across iterations."""
         self.answers = AnswerStore()
         self.redundancy = redundancy or Redundancy()
-        self.losses: dict[int, LossEstimate] = {}
-        """Per neighbour: the link's estimated loss and the copies it calls for (they persist
-        across iterations, like the timers)."""
         self.reliability: Counter[str] = Counter()
         """``retransmissions``, ``duplicates`` (suppressed copies), ``echoes`` (stored answers
         re-sent), ``given_up`` (requests that exhausted their retransmissions), ``extra_copies``
@@ -109,18 +105,21 @@ class PeerLink:
         self.sent_log.append((neighbour, kind, tuple(sorted(body))))
         return self.transport.send(neighbour, kind, self.iteration, body)
 
-    def loss(self, neighbour: int) -> LossEstimate:
-        """The loss estimate of the link to ``neighbour`` (created on first use)."""
-        if neighbour not in self.losses:
-            self.losses[neighbour] = LossEstimate(self.redundancy)
-        return self.losses[neighbour]
+    def loss(self, neighbour: int) -> float:
+        """Estimated fraction of frames lost on the link with ``neighbour`` (measured by the
+        transport on the way in; 0 for a transport that does not measure it)."""
+        return getattr(self.transport, "inbound_loss", {}).get(neighbour, 0.0)
+
+    def copies_for(self, neighbour: int) -> int:
+        """Copies of each reliable message to ``neighbour`` its link's loss calls for."""
+        return self.redundancy.copies(self.loss(neighbour))
 
     def _send_copies(
         self, neighbour: int, kind: str, body: Mapping[str, Any], copies: int | None = None
     ) -> int:
         """Send ``body`` as ``copies`` identical copies (default: what the link's loss calls
         for); returns the bytes of all of them."""
-        copies = self.loss(neighbour).copies() if copies is None else copies
+        copies = self.copies_for(neighbour) if copies is None else copies
         self.reliability["extra_copies"] += copies - 1
         return sum(self.send(neighbour, kind, body) for _ in range(copies))
 
@@ -135,9 +134,8 @@ class PeerLink:
         exchange (a symmetric exchange answers the partner's message of its own kind)."""
         key = tuple(int(k) for k in key)
         full = {**body, "exchange": list(key), "attempt": 0, "echo": 0}
-        loss = self.loss(neighbour)
         pending = Pending(neighbour, kind, full, key, self.timers.timer(neighbour, kind),
-                          loss=loss, copies=loss.copies())
+                          copies=self.copies_for(neighbour))
         if answers:
             self.answers.put(neighbour, answers, key, kind, full)
         pending.bytes_sent = self._send_copies(neighbour, kind, full, pending.copies)
@@ -417,7 +415,10 @@ class PeerLink:
         """``peers/*`` counters so far and every estimator's state (what the runtime records)."""
         stats: dict[str, Any] = {f"peers/{k}": v for k, v in sorted(self.reliability.items())}
         stats["peers/timeouts"] = self.timers.snapshot()
-        stats["peers/loss"] = {str(j): e.snapshot() for j, e in sorted(self.losses.items())}
+        stats["peers/loss"] = {
+            str(j): {"inbound": round(self.loss(j), 4), "copies": self.copies_for(j)}
+            for j in self.neighbours
+        }
         return stats
 
     def mark_rollout(self) -> None:

@@ -27,14 +27,15 @@ algorithm.
 * One-way messages (``PeerLink.deliver``/``accept_deliveries``): a message with no natural
   answer (a token) is answered on arrival by an empty acknowledgement of kind :func:`ack_kind`,
   stored like any answer.
-* Redundant copies (:class:`Redundancy`, :class:`LossEstimate`): on a link whose measured loss
-  calls for it, every reliable message, answer and stored answer sent again goes out in c
-  identical copies (the receiver keeps the first), c the fewest with p̂^c ≤ ``residual_loss``,
-  at most ``max_copies``. p̂, the per-copy loss of the link, is estimated by stochastic
-  approximation from the outcome of each exchange's first attempt (answered, or timed out),
-  with a slow forgetting so that one spurious timeout does not cost copies for long. A lost
-  message costs a whole retransmission timeout, dominated by the partner's compute; a copy costs
-  only bytes, so against random loss copies are the cheap half and retransmission the backstop.
+* Redundant copies (:class:`Redundancy`): on a link whose measured loss calls for it, every
+  reliable message, answer and stored answer sent again goes out in c identical copies (the
+  receiver keeps the first), c the fewest with p̂^c ≤ ``residual_loss``, at most
+  ``max_copies``. p̂ is the transport's count of the frames the neighbour numbered that never
+  arrived (``Transport.inbound_loss``: frames carry per-link sequence numbers), so a slow
+  partner is never mistaken for a lossy link; the loss measured on the way in stands for both
+  directions of the link. A lost message costs a whole retransmission timeout, dominated by the
+  partner's compute; a copy costs only bytes, so against random loss copies are the cheap half
+  and retransmission the backstop.
 """
 
 from __future__ import annotations
@@ -59,14 +60,6 @@ ALIVE_SECONDS = 3.0
 waiting agent's transport heartbeats every second, so three in a row would have to be lost."""
 STORE_DEPTH = 4
 """Stored answers kept per neighbour (the latest ones; an exchange older than that is over)."""
-LOSS_GAIN = 1 / 16
-"""Step size of the loss estimate's stochastic approximation (:meth:`LossEstimate.observe`)."""
-LOSS_FORGET = 1 / 256
-"""Fraction of the loss estimate forgotten per observed exchange: with several copies a lossless
-link gives almost no evidence against an old estimate, so it decays instead (a spurious timeout,
-+1/16, is forgotten below a 5 % target within about 60 exchanges)."""
-MAX_LOSS = 0.95
-"""Upper bound of the loss estimate."""
 
 ExchangeKey = tuple[int, ...]
 
@@ -165,46 +158,13 @@ class Redundancy:
                 f"Redundancy.residual_loss must be in (0, 1), got {self.residual_loss}"
             )
 
-
-@dataclass
-class LossEstimate:
-    """Estimated per-copy loss p̂ of the link to one neighbour, and the copies it calls for.
-
-    An exchange's first attempt goes unanswered with probability q(p, c) = 1 − (1 − p^c)^2 when
-    the message and its answer each go as c copies, each lost independently with probability p.
-    :meth:`observe` takes a Robbins–Monro step p̂ ← p̂ + γ·(lost − q(p̂, c)) (q rises with p, so
-    p̂ settles where q(p̂, c) equals the observed rate, whatever c was used) and forgets a
-    fraction :data:`LOSS_FORGET` of p̂. Timeouts of a slow partner count as losses too; they only
-    cost copies (bytes), never a wrong answer.
-    """
-
-    redundancy: Redundancy = field(default_factory=Redundancy)
-    estimate: float = 0.0
-    observed: int = 0
-    """Exchanges whose first attempt was answered or timed out."""
-    lost: int = 0
-    """Of those, the ones that timed out."""
-
-    def copies(self) -> int:
-        """The fewest copies c ≤ ``max_copies`` with p̂^c ≤ ``residual_loss``."""
+    def copies(self, loss: float) -> int:
+        """The fewest copies c ≤ ``max_copies`` with ``loss``^c ≤ ``residual_loss``, for a link
+        that loses each copy with probability ``loss``."""
         copies = 1
-        while (copies < self.redundancy.max_copies
-               and self.estimate**copies > self.redundancy.residual_loss):
+        while copies < self.max_copies and loss**copies > self.residual_loss:
             copies += 1
         return copies
-
-    def observe(self, lost: bool, copies: int) -> None:
-        """One exchange's first attempt, sent (and answered) as ``copies`` copies, was answered
-        (``lost`` False) or timed out (True)."""
-        expected = 1 - (1 - self.estimate**copies) ** 2
-        estimate = self.estimate + LOSS_GAIN * (float(lost) - expected)
-        self.estimate = min(MAX_LOSS, max(0.0, estimate * (1 - LOSS_FORGET)))
-        self.observed += 1
-        self.lost += int(lost)
-
-    def snapshot(self) -> dict[str, float | int]:
-        return {"estimate": round(self.estimate, 4), "copies": self.copies(),
-                "observed": self.observed, "lost": self.lost}
 
 
 @dataclass
@@ -302,12 +262,8 @@ class Pending:
     extensions: int = 0
     """Waits added after the last retransmission because the neighbour was heard meanwhile."""
 
-    loss: LossEstimate | None = None
-    """The link's loss estimate, told the outcome of the first attempt (None: not tracked)."""
     copies: int = 1
-    """Identical copies each attempt goes out as (:class:`Redundancy`)."""
-    observed: bool = False
-    """The first attempt's outcome was given to ``loss`` (once per exchange)."""
+    """Identical copies its first attempt went out as (:class:`Redundancy`)."""
 
     def __post_init__(self) -> None:
         self.wait = self.timer.rto
@@ -340,8 +296,6 @@ class Pending:
         (RFC 6298 (5.5), after Linux's thin-stream linear timeouts)."""
         policy = self.timer.policy
         self.timer.timed_out()
-        if self.attempts == 0:
-            self._observe(lost=True)
         self.attempts += 1
         if self.attempts > policy.linear_retransmissions:
             self.wait = min(policy.max_timeout, 2 * self.wait)
@@ -360,13 +314,7 @@ class Pending:
         waited = time.monotonic() - self.sent_at
         if self.attempts == 0:
             self.timer.sample(waited)
-            self._observe(lost=False)
         return waited
-
-    def _observe(self, lost: bool) -> None:
-        if self.loss is not None and not self.observed:
-            self.observed = True
-            self.loss.observe(lost, self.copies)
 
 
 class AnswerStore:

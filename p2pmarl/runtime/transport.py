@@ -42,6 +42,10 @@ HELLO_INTERVAL = 0.2
 SEND_HIGH_WATER_MARK = 1000
 """Frames queued per neighbour before sends are dropped (and counted) instead of blocking."""
 CONTROL_KINDS = frozenset({"hello", "heartbeat"})
+INBOUND_LOSS_GAIN = 1 / 64
+"""Weight of one frame in a link's inbound loss estimate (about the last 64 frames count)."""
+LOSS_COUNT_LIMIT = 1024
+"""Most frames one sequence gap counts as lost (beyond that the estimate is 1 anyway)."""
 """Kinds consumed by the transport itself and never handed to the caller."""
 LINK_HEARTBEAT_MS = 500
 """ZeroMQ's own (ZMTP) heartbeat on each link to a neighbour, handled by libzmq's I/O thread, so
@@ -74,7 +78,13 @@ class Transport(ABC):
         self.disconnects: Counter[int] = Counter()
         """Per neighbour, how often its link was lost (updated by :meth:`peers_down`)."""
         self._next_heartbeat = 0.0
-        self._sequence = 0
+        self._sequence: Counter[int] = Counter()
+        """Frames sent per neighbour: each link numbers its own frames 1, 2, 3..."""
+        self._last_sequence: dict[int, int] = {}
+        self._loss_mean: dict[int, tuple[float, float]] = {}
+        self.inbound_loss: dict[int, float] = {}
+        """Per neighbour, the estimated fraction of its frames to this agent lost on the way
+        (:meth:`_count_sequence`); what :class:`~p2pmarl.runtime.reliable.Redundancy` reads."""
         self._pending: deque[Message] = deque()
 
     # -- what implementations provide --------------------------------------------------------
@@ -99,8 +109,9 @@ class Transport(ABC):
         """Send one message to a neighbour; returns the bytes put on the wire (0 if dropped)."""
         if receiver not in self.neighbours:
             raise ValueError(f"agent {self.agent_id}: {receiver} is not a graph neighbour")
-        self._sequence += 1
-        frame = encode(Message(kind, self.agent_id, receiver, round, self._sequence, body))
+        self._sequence[receiver] += 1
+        sequence = self._sequence[receiver]
+        frame = encode(Message(kind, self.agent_id, receiver, round, sequence, body))
         if not self._send_frame(receiver, frame):
             self.rejected["send_queue_full"] += 1
             return 0
@@ -179,7 +190,31 @@ class Transport(ABC):
         if message.receiver != self.agent_id:
             return self._reject("wrong_receiver", f"addressed to {message.receiver}")
         self.last_seen[message.sender] = time.monotonic()
+        self._count_sequence(message.sender, message.sequence)
         return message
+
+    def _count_sequence(self, sender: int, sequence: int) -> None:
+        """Update the inbound loss estimate of ``sender``'s link with one received frame: the
+        frames it numbered between the last one received and this one never came. An
+        exponentially weighted mean over frames (gain :data:`INBOUND_LOSS_GAIN`) of lost = 1,
+        received = 0, divided by its total weight (so that the first frames are not read as
+        a loss-free history, as in Adam's bias correction). The first frame of a link, or a
+        sequence number far below the last one (a restarted process numbering from 1 again),
+        counts nothing lost; a late frame (delayed behind later ones) is ignored."""
+        last = self._last_sequence.get(sender)
+        if last is not None and sequence <= last:
+            if sequence < last // 2:  # a restarted neighbour
+                self._last_sequence[sender] = sequence
+            return
+        lost = 0 if last is None else min(sequence - last - 1, LOSS_COUNT_LIMIT)
+        self._last_sequence[sender] = sequence
+        keep = 1 - INBOUND_LOSS_GAIN
+        mean, weight = self._loss_mean.get(sender, (0.0, 0.0))
+        kept = keep**lost  # ``lost`` samples of 1, then this frame's 0
+        mean, weight = kept * mean + (1 - kept), kept * weight + (1 - kept)
+        mean, weight = keep * mean, keep * weight + (1 - keep)
+        self._loss_mean[sender] = (mean, weight)
+        self.inbound_loss[sender] = mean / weight  # bias-corrected: the mean starts at 0
 
     def _reject(self, reason: str, detail: str) -> None:
         self.rejected[reason] += 1
