@@ -6,12 +6,12 @@ for a few seeds, and a plot. Usage::
 
     python -m bench.maddpg speed --steps 10000
     python -m bench.maddpg curves --steps 30000 --seeds 0 1 2 --plot docs/maddpg_tag.png
-    python -m bench.maddpg curves --steps 60000 --seeds 1 --original-code   # one seed per run
+    python -m bench.maddpg curves --steps 60000 --seeds 1 --variants maddpg --original-code
     python -m bench.maddpg plot --results R0.json R1.json R2.json --plot docs/maddpg_tag.png
 
 ``--original-code`` trains with the original MADDPG code's learning rates and minibatch
 (actor and critic lr 1e-2, batch 1024) instead of the report's appendix (1e-3 / 1e-4, 256).
-``plot`` merges the seeds of several ``curves`` results (e.g. seeds run side by side).
+``plot`` merges several ``curves`` results (e.g. seeds and variants run side by side).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ STEPS_PER_ITERATION = 100
 EPISODE_LENGTH = 50
 
 
+VARIANTS = ("single", "maddpg", "genetic4")
 ORIGINAL_CODE = {"actor_lr": 1e-2, "critic_lr": 1e-2, "batch_size": 1024}
 """The original MADDPG code's settings that differ from the report's appendix."""
 
@@ -161,14 +162,17 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
 
 def curves(args: argparse.Namespace) -> dict[str, Any]:
     settings = ORIGINAL_CODE if args.original_code else {}
-    results: dict[str, list[Any]] = {"single": [], "maddpg": [], "genetic4": []}
+    results: dict[str, list[Any]] = {name: [] for name in args.variants}
+    runners = {
+        "single": lambda seed: single_process(args.steps, seed, settings),
+        "maddpg": lambda seed: launched("maddpg", "complete4", args.steps, seed, args.out,
+                                        settings),
+        "genetic4": lambda seed: launched("genetic-maddpg", "ring4", args.steps, seed,
+                                          args.out, settings),
+    }
     for seed in args.seeds:
-        results["single"].append({"seed": seed, **single_process(args.steps, seed, settings)})
-        results["maddpg"].append({"seed": seed, **launched("maddpg", "complete4", args.steps,
-                                                           seed, args.out, settings)})
-        results["genetic4"].append({"seed": seed, **launched("genetic-maddpg", "ring4",
-                                                             args.steps, seed, args.out,
-                                                             settings)})
+        for name in args.variants:
+            results[name].append({"seed": seed, **runners[name](seed)})
     summary = {name: _final(name, runs) for name, runs in results.items()}
     if args.plot:
         _plot(results, Path(args.plot), args.steps)
@@ -186,13 +190,15 @@ def merged(args: argparse.Namespace) -> dict[str, Any]:
     if len(steps) != 1 or len(settings) != 1:
         return {"status": "error", "error": f"results differ in steps {steps} or settings "
                                             f"{settings}; merge only like runs"}
-    results = {name: [run for r in records for run in r["runs"][name]]
-               for name in ("single", "maddpg", "genetic4")}
+    results = {name: [run for r in records for run in r["runs"].get(name, [])]
+               for name in VARIANTS}
+    results = {name: runs for name, runs in results.items() if runs}
     if args.plot:
         _plot(results, Path(args.plot), steps.pop() if len(steps) == 1 else 0)
     summary = {name: _final(name, runs) for name, runs in results.items()}
     return {"status": "ok", "steps": records[0]["steps"], "settings": records[0].get("settings"),
-            "seeds": [run["seed"] for run in results["single"]], "results": args.results,
+            "seeds": sorted({run["seed"] for runs in results.values() for run in runs}),
+            "results": args.results,
             "final_predator_return": summary, "prey_return": _prey(results)}
 
 
@@ -274,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original-code", action="store_true",
                         help="curves: the original MADDPG code's lr 1e-2 and batch 1024")
     parser.add_argument("--results", nargs="+", help="plot: curves result files to merge")
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="curves: which variants to run (default all three)")
     args = parser.parse_args(argv)
     if args.mode == "plot" and not args.results:
         parser.error("plot needs --results")
