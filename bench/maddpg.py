@@ -20,6 +20,8 @@ import argparse
 import itertools
 import json
 import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -137,8 +139,20 @@ def _sync_summary(syncs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def single_in_own_session(steps: int, seed: int) -> dict[str, Any]:
+    """:func:`single_process` in a child process with its own session, as the runtime starts
+    each world and agent process: with the kernel's autogroup scheduling (one CPU share per
+    session) a loop left in the benchmark's session would get one share against the runtime's
+    one per process, and on a loaded host almost no CPU."""
+    code = ("import json, sys; from bench.maddpg import single_process; "
+            f"print(json.dumps(single_process({int(steps)}, {int(seed)})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, start_new_session=True, cwd=Path(__file__).parents[1])
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def speed(args: argparse.Namespace) -> dict[str, Any]:
-    single = single_process(args.steps, seed=0)
+    single = single_in_own_session(args.steps, seed=0)
     maddpg = launched("maddpg", "complete4", args.steps, 0, args.out)
     genetic = launched("genetic-maddpg", "ring4", args.steps, 0, args.out)
     for result in (single, maddpg, genetic):
