@@ -40,8 +40,8 @@ ORIGINAL_CODE = {"actor_lr": 1e-2, "critic_lr": 1e-2, "batch_size": 1024}
 """The original MADDPG code's settings that differ from the report's appendix."""
 
 
-def single_process(steps: int, seed: int, settings: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+def single_process(steps: int, seed: int, settings: dict[str, Any] | None = None,
+                   n_envs: int = N_ENVS) -> dict[str, Any]:
     """The plain MADDPG loop in this process: one lone worker, no runtime, no messages; it
     steps its copies with the same batched particle world as the runtime's world process."""
     import dataclasses
@@ -54,10 +54,10 @@ def single_process(steps: int, seed: int, settings: dict[str, Any] | None = None
     torch.set_num_threads(1)
     config = dataclasses.replace(MADDPGConfig(), **(settings or {}))
     worker = GeneticMADDPG(0, "tag", EPISODE_LENGTH, None, config, GeneticConfig(), seed)
-    T = -(-STEPS_PER_ITERATION // N_ENVS)
+    T = -(-STEPS_PER_ITERATION // n_envs)
     curve, prey, done, started, cpu = [], [], 0, time.monotonic(), time.process_time()
     while done < steps:
-        batch = worker.collect(T, N_ENVS)
+        batch = worker.collect(T, n_envs)
         stats = worker.local_update(batch)
         done += batch.n_samples
         if "rollout/agent_returns" in stats:
@@ -71,7 +71,7 @@ def single_process(steps: int, seed: int, settings: dict[str, Any] | None = None
 
 
 def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path,
-             settings: dict[str, Any] | None = None) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, n_envs: int = N_ENVS) -> dict[str, Any]:
     """A real run; throughput = env steps of all learners / the slowest learner's training time
     (sum of its iteration times: start-up excluded, as for the single-process loop)."""
     settings = settings or {}
@@ -82,7 +82,7 @@ def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path,
     config = RunConfig(
         topology=topology(topology_name), env="tag", algo=algo,
         iterations=steps // STEPS_PER_ITERATION, steps_per_iteration=STEPS_PER_ITERATION,
-        n_envs=N_ENVS, episode_length=EPISODE_LENGTH, seed=seed, out=str(out / "runs"),
+        n_envs=n_envs, episode_length=EPISODE_LENGTH, seed=seed, out=str(out / "runs"),
         checkpoint_every=10**6, maddpg_actor_lr=settings.get("actor_lr"),
         maddpg_critic_lr=settings.get("critic_lr"), maddpg_batch_size=settings.get("batch_size"),
     ).validate()
@@ -139,27 +139,28 @@ def _sync_summary(syncs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def single_in_own_session(steps: int, seed: int) -> dict[str, Any]:
+def single_in_own_session(steps: int, seed: int, n_envs: int = N_ENVS) -> dict[str, Any]:
     """:func:`single_process` in a child process with its own session, as the runtime starts
     each world and agent process: with the kernel's autogroup scheduling (one CPU share per
     session) a loop left in the benchmark's session would get one share against the runtime's
     one per process, and on a loaded host almost no CPU."""
     code = ("import json, sys; from bench.maddpg import single_process; "
-            f"print(json.dumps(single_process({int(steps)}, {int(seed)})))")
+            f"print(json.dumps(single_process({int(steps)}, {int(seed)}, n_envs={int(n_envs)})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, start_new_session=True, cwd=Path(__file__).parents[1])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
-    single = single_in_own_session(args.steps, seed=0)
-    maddpg = launched("maddpg", "complete4", args.steps, 0, args.out)
-    genetic = launched("genetic-maddpg", "ring4", args.steps, 0, args.out)
+    single = single_in_own_session(args.steps, seed=0, n_envs=args.n_envs)
+    maddpg = launched("maddpg", "complete4", args.steps, 0, args.out, n_envs=args.n_envs)
+    genetic = launched("genetic-maddpg", "ring4", args.steps, 0, args.out, n_envs=args.n_envs)
     for result in (single, maddpg, genetic):
         for key in ("curve", "curves", "prey_curves"):
             result.pop(key, None)
     return {
-        "status": "ok", "load_average": load_average(), "single": single, "maddpg": maddpg,
+        "status": "ok", "load_average": load_average(), "n_envs": args.n_envs,
+        "single": single, "maddpg": maddpg,
         "genetic4": genetic,
         "ratio_agent_per_process": maddpg["steps_per_second"] / single["steps_per_second"],
         "ratio_agent_per_process_with_startup":
@@ -293,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--original-code", action="store_true",
                         help="curves: the original MADDPG code's lr 1e-2 and batch 1024")
+    parser.add_argument("--n-envs", type=int, default=N_ENVS,
+                        help="speed: env copies per learner (default 8)")
     parser.add_argument("--results", nargs="+", help="plot: curves result files to merge")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="curves: which variants to run (default all three)")
