@@ -379,4 +379,5 @@ def test_finish_phase_ends_early_once_until_says_no_neighbour_waits() -> None:
     assert a.reliability["linger_seconds"] == pytest.approx(seconds)
     b.send_reliable(0, "g", {"v": 2}, (1,), answers=("g",))
     a.exchange_round("g", {1: {"v": 0}}, (1,), deadline=time.monotonic() + 1.0)
-    assert a.finish_phase(until=lambda: False) >= FAST.min_timeout * 5 * 0.9  # whole bound
+    rto = a.timeout_for(1, "g")
+    assert a.finish_phase(until=lambda: False) == pytest.approx(rto * 5)  # the whole bound

@@ -293,13 +293,14 @@ class PeerLink:
                 self.reliability["echoes"] += 1
                 self.send(j, stored[0], {**stored[1], "echo": 1})
         longest = max(self.timeout_for(j, kind) for j, kind in owed)
+        seconds = longest * (1 + self.timers.policy.linear_retransmissions)
         started = time.monotonic()
-        deadline = started + longest * (1 + self.timers.policy.linear_retransmissions)
+        deadline = started + seconds
         while (remaining := deadline - time.monotonic()) > 0:
             if until is not None and until():
+                seconds = time.monotonic() - started  # ended early
                 break
             self.linger(remaining if until is None else min(remaining, FINISH_POLL_SECONDS))
-        seconds = time.monotonic() - started
         self.reliability["linger_seconds"] += seconds
         return seconds
 
