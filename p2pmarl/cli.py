@@ -76,6 +76,8 @@ _FLAG_HELP = {
     "maddpg_buffer_size": "MADDPG replay capacity in transitions",
     "maddpg_learning_starts": "transitions stored before MADDPG's first update",
     "maddpg_train_every": "env transitions per MADDPG gradient update",
+    "maddpg_actor_lr": "MADDPG actor learning rate (default 1e-3, the report's)",
+    "maddpg_critic_lr": "MADDPG critic learning rate (default 1e-4, the report's)",
     "critic_sync_every": "genetic MADDPG: env steps between best-critic gossips",
     "metamapg_trajectories": "Meta-MAPG: K trajectories per chain step (= --n-envs; paper 64)",
     "metamapg_chain_length": "Meta-MAPG: chain length L (inner updates per chain)",

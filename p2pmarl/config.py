@@ -160,6 +160,10 @@ class RunConfig:
     """Transitions stored before MADDPG's first update (None: 2560)."""
     maddpg_train_every: int | None = None
     """Env transitions per MADDPG gradient update (None: 100, as the original code)."""
+    maddpg_actor_lr: float | None = None
+    """MADDPG actor Adam learning rate (None: 1e-3, the report's; the original code: 1e-2)."""
+    maddpg_critic_lr: float | None = None
+    """MADDPG critic Adam learning rate (None: 1e-4, the report's; the original code: 1e-2)."""
     critic_sync_every: int | None = None
     """Genetic MADDPG: env steps of a worker between best-critic gossips (None: 5000)."""
     # issue 11: Meta-MAPG (metamapg) on ipd / rps; None = the paper's Table 3 (IPD) / 4 (RPS) value
@@ -297,6 +301,10 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be ≥ 1, got {value}")
+        for name in ("maddpg_actor_lr", "maddpg_critic_lr"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be > 0, got {value}")
         # issue 11: Meta-MAPG
         if self.metamapg_trajectories is not None and self.metamapg_trajectories != self.n_envs:
             raise ConfigError(

@@ -15,6 +15,7 @@ import numpy as np
 
 from p2pmarl.algos.genetic_maddpg import AGREE_FIELDS, GOSSIP_FIELDS
 from p2pmarl.algos.maddpg import ROW_FIELDS
+from p2pmarl.cli import main
 from p2pmarl.config import RunConfig
 from p2pmarl.envs import env_spec
 from p2pmarl.evaluate import evaluate
@@ -51,7 +52,22 @@ def _world_ping(row: dict) -> bool:
     return row["sender"] == WORLD and row["kind"] == "ping" and not row["keys"]
 
 
-def test_maddpg_sends_only_neighbour_rows_and_evaluates(tmp_path, monkeypatch,
+def _evaluate_with_gif(run: Path, gif: Path, capsys) -> dict:
+    """``p2pmarl evaluate RUN --gif`` as the command line runs it; the JSON it printed, after
+    checking the GIF (several frames) and that the library call gives the same returns."""
+    from PIL import Image
+
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--episodes", "2", "--gif", str(gif), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["gif"] == str(gif) and gif.read_bytes()[:6] in (b"GIF89a", b"GIF87a")
+    with Image.open(gif) as image:
+        assert image.n_frames > 1
+    assert evaluate(run, episodes=2)["agents"] == result["agents"]
+    return result
+
+
+def test_maddpg_sends_only_neighbour_rows_and_evaluates(tmp_path, monkeypatch, capsys,
                                                         no_leaked_processes):
     log = tmp_path / "wire.jsonl"
     run = _launch("maddpg", no_leaked_processes, monkeypatch, log)
@@ -77,12 +93,12 @@ def test_maddpg_sends_only_neighbour_rows_and_evaluates(tmp_path, monkeypatch,
     assert rows_sent == 5 * 2 * len(topology.graph.edges)
     metrics = read_jsonl(run / "agents/agent-1/metrics.jsonl")
     assert sum(m.get("maddpg/updates", 0) for m in metrics) == 5
-    result = evaluate(run, episodes=2)
+    result = _evaluate_with_gif(run, tmp_path / "maddpg.gif", capsys)
     assert result["worker"] is None and {"predator_return", "prey_return"} <= set(result)
     assert np.isclose(result["predator_return"], result["agents"][0]["return"])
 
 
-def test_genetic_workers_send_only_gossip_and_evaluate(tmp_path, monkeypatch,
+def test_genetic_workers_send_only_gossip_and_evaluate(tmp_path, monkeypatch, capsys,
                                                        no_leaked_processes):
     log = tmp_path / "wire.jsonl"
     run = _launch("genetic-maddpg", no_leaked_processes, monkeypatch, log)
@@ -111,7 +127,7 @@ def test_genetic_workers_send_only_gossip_and_evaluate(tmp_path, monkeypatch,
         assert len(winners) == 1, f"workers disagree at sync {sync}: {winners}"
         best = max((r for r in syncs if r["sync"] == sync), key=lambda r: r["own_score"])
         assert winners == {best["winner"]}
-    result = evaluate(run, episodes=2)
+    result = _evaluate_with_gif(run, tmp_path / "genetic.gif", capsys)
     assert result["worker"] in range(4) and len(result["agents"]) == 4
     assert {"predator_return", "prey_return"} <= set(result)
 

@@ -227,3 +227,36 @@ def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
             context.destroy(linger=0)
         assert 0 in received, f"probe={probe}: the late agent was not gathered"
         assert 0 not in server.lost, f"probe={probe}: the late agent was marked lost"
+
+
+def test_world_client_arrived_keeps_the_message_for_receive_and_skips_pings(tmp_path):
+    """``WorldClient.arrived`` (the end of the runtime's post-phase linger) looks without
+    waiting, ignores liveness pings, and keeps what it took for the next ``receive``."""
+    import time
+
+    import zmq
+
+    from p2pmarl.runtime.world_link import PING, WorldClient, WorldServer
+
+    context = zmq.Context()
+    endpoint = f"ipc://{tmp_path}/world.sock"
+    server = WorldServer(endpoint, 1, context)
+    client = WorldClient(endpoint, 0, context)
+    try:
+        client.send("ready", 0, {})
+        assert 0 in server.gather("ready", 0, 5.0, probe=False)
+        assert not client.arrived()
+        server.send(0, PING, 0, {})
+        server.send(0, "step", 1, {"t": 0})
+        deadline = time.monotonic() + 5.0
+        while not client.arrived():
+            assert time.monotonic() < deadline, "the step never showed as arrived"
+            time.sleep(0.001)
+        assert client.arrived()  # still there: taken once, kept
+        message = client.receive(frozenset({"step"}), 1.0)
+        assert (message.kind, message.round, message.body["t"]) == ("step", 1, 0)
+        assert not client.arrived()
+    finally:
+        client.close()
+        server.close()
+        context.destroy(linger=0)

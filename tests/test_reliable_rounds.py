@@ -364,3 +364,21 @@ def test_genetic_sync_under_30_percent_drop_loads_the_true_best_everywhere() -> 
         assert record["winner"] == 1 and record["neighbours_agree"]
         assert record["missed_rounds"] == 0
         assert np.array_equal(workers[w].critic_parameters(), best)
+
+
+def test_finish_phase_ends_early_once_until_says_no_neighbour_waits() -> None:
+    """The runtime passes ``until`` = "the world's next message has arrived" (every agent is
+    ready, so no neighbour still waits): the stay ends then, not after its whole bound."""
+    hub = MemoryHub()
+    a, b = PeerLink(hub.transport(0, [1]), policy=FAST), PeerLink(hub.transport(1, [0]))
+    b.send_reliable(0, "g", {"v": 1}, (0,), answers=("g",))
+    a.exchange_round("g", {1: {"v": 0}}, (0,), deadline=time.monotonic() + 1.0)
+    looks = []
+    seconds = a.finish_phase(until=lambda: looks.append(1) or len(looks) >= 3)
+    assert len(looks) == 3
+    assert 0 < seconds < FAST.min_timeout * 5 / 2
+    assert a.reliability["linger_seconds"] == pytest.approx(seconds)
+    b.send_reliable(0, "g", {"v": 2}, (1,), answers=("g",))
+    a.exchange_round("g", {1: {"v": 0}}, (1,), deadline=time.monotonic() + 1.0)
+    rto = a.timeout_for(1, "g")
+    assert a.finish_phase(until=lambda: False) == pytest.approx(rto * 5)  # the whole bound

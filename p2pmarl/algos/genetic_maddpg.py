@@ -40,6 +40,7 @@ from p2pmarl.algos.maddpg import MADDPGConfig, MADDPGTeam, maddpg_config
 if TYPE_CHECKING:
     from p2pmarl.config import RunConfig
     from p2pmarl.envs.base import EnvSpec, MultiAgentEnv
+    from p2pmarl.envs.particles import ParticleWorld
     from p2pmarl.topology import Topology
 
 logger = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class GeneticMADDPG(AgentAlgorithm):
         config: MADDPGConfig,
         genetic: GeneticConfig,
         seed: int,
+        env_backend: str = "batched",
     ) -> None:
         from p2pmarl.envs import env_spec
 
@@ -129,7 +131,9 @@ class GeneticMADDPG(AgentAlgorithm):
         self.genetic = genetic
         self.seed = seed
         self.team = MADDPGTeam(self.spec, config, seed, shared_seed=seed)
+        self.env_backend = env_backend
         self.envs: list[MultiAgentEnv] = []
+        self.batched: ParticleWorld | None = None
         self.observations: list[list[np.ndarray]] = []
         self.running: np.ndarray = np.zeros((0, self.spec.n_agents))
         self.env_steps = 0
@@ -148,7 +152,7 @@ class GeneticMADDPG(AgentAlgorithm):
         if config.critic_sync_every is not None:
             genetic = dataclasses.replace(genetic, critic_sync_every=config.critic_sync_every)
         return cls(agent_id, config.env, config.episode_length, topology, maddpg_config(config),
-                   genetic, seed)
+                   genetic, seed, env_backend=config.env_backend)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         raise TypeError("a genetic-MADDPG worker acts for every agent: use joint_act")
@@ -159,16 +163,49 @@ class GeneticMADDPG(AgentAlgorithm):
         return self.team.act(observations, deterministic)
 
     def _open_envs(self, copies: int) -> None:
+        """``copies`` env copies, copy k seeded with the k-th seed of SeedSequence(seed): all
+        stepped at once by the batched particle world when ``env_backend`` is ``batched`` and
+        the env has one (as the runtime's world does), else one mpe2 env each. Both give the
+        same numbers (tests/test_particles.py)."""
         from p2pmarl.envs import make_env
+        from p2pmarl.envs.particles import has_batched, make_batched
 
-        self.envs = [make_env(self.env_name, None, self.episode_length) for _ in range(copies)]
-        seeds = np.random.SeedSequence(self.seed).generate_state(copies)
-        self.observations = [env.reset(int(s)) for env, s in zip(self.envs, seeds, strict=True)]
+        seeds = [int(s) for s in np.random.SeedSequence(self.seed).generate_state(copies)]
         self.running = np.zeros((copies, self.spec.n_agents))
+        if self.env_backend == "batched" and has_batched(self.env_name):
+            self.batched = make_batched(self.env_name, None, copies, self.episode_length)
+            self.batched.reset(seeds)
+            self.envs = []
+            return
+        self.envs = [make_env(self.env_name, None, self.episode_length) for _ in range(copies)]
+        self.observations = [env.reset(s) for env, s in zip(self.envs, seeds, strict=True)]
+
+    def _copies(self) -> int:
+        return self.batched.n_copies if self.batched is not None else len(self.envs)
+
+    def _per_agent_observations(self) -> list[np.ndarray]:
+        """Every agent's current observations of all copies, one (K, d_i) float32 each."""
+        if self.batched is not None:
+            return [np.array(self.batched.observation(i, slice(None)), dtype=np.float32)
+                    for i in range(self.spec.n_agents)]
+        return [np.stack([obs[i] for obs in self.observations]).astype(np.float32, copy=False)
+                for i in range(self.spec.n_agents)]
+
+    def _step(self, joint: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Step every copy with its row of ``joint`` (K, N); reset finished copies. Rewards
+        (K, N) and done flags (K,)."""
+        if self.batched is not None:
+            return self.batched.step(slice(None), joint)
+        rewards = np.zeros(joint.shape, dtype=np.float32)
+        dones = np.zeros(len(self.envs), dtype=bool)
+        for k, env in enumerate(self.envs):
+            next_obs, rewards[k], dones[k] = env.step(joint[k].tolist())
+            self.observations[k] = env.reset() if dones[k] else next_obs
+        return rewards, dones
 
     def collect(self, steps: int, copies: int) -> Batch:
         """``steps`` steps of ``copies`` own env copies (reset at episode end), into replay."""
-        if len(self.envs) != copies:
+        if self._copies() != copies:
             self._open_envs(copies)
         N, T, K = self.spec.n_agents, steps, copies
         width = sum(self.spec.observation_sizes)
@@ -177,16 +214,12 @@ class GeneticMADDPG(AgentAlgorithm):
         rewards = np.empty((T, K, N), dtype=np.float32)
         dones = np.zeros((T, K), dtype=bool)
         for t in range(T):
-            per_agent = [np.stack([obs[i] for obs in self.observations]) for i in range(N)]
+            per_agent = self._per_agent_observations()
             observations[t] = np.concatenate(per_agent, axis=1)
             joint[t] = self.team.act(per_agent)
-            for k, env in enumerate(self.envs):
-                next_obs, rewards[t, k], dones[t, k] = env.step(joint[t, k].tolist())
-                self.observations[k] = env.reset() if dones[t, k] else next_obs
+            rewards[t], dones[t] = self._step(joint[t])
             self._track(rewards[t], dones[t])
-        observations[T] = np.concatenate(
-            [np.stack([obs[i] for obs in self.observations]) for i in range(N)], axis=1
-        )
+        observations[T] = np.concatenate(self._per_agent_observations(), axis=1)
         self.env_steps += T * K
         self._pending = self.team.add({
             "obs": observations[:T].reshape(T * K, width),

@@ -584,4 +584,6 @@ def maddpg_config(config: RunConfig) -> MADDPGConfig:
         buffer_size=config.maddpg_buffer_size,
         learning_starts=config.maddpg_learning_starts,
         train_every=config.maddpg_train_every,
+        actor_lr=config.maddpg_actor_lr,
+        critic_lr=config.maddpg_critic_lr,
     )

@@ -266,6 +266,7 @@ class AgentProcess:
         while iteration < self.config.iterations:
             self._iteration(iteration)
             iteration += 1
+        self._finish_peer_phase()
         try:
             self.world.receive(frozenset({"stop"}), self.config.phase_timeout + STOP_TIMEOUT)
         except LinkTimeout:
@@ -284,14 +285,22 @@ class AgentProcess:
                     self.agent_id, self.life, welcome.round, self.start_iteration)
         return welcome
 
+    def _finish_peer_phase(self) -> None:
+        """The previous iteration's end of the peer phase (``PeerLink.finish_phase``), after its
+        ``ready``: answer neighbours' late retransmissions until the world's next message, which
+        comes only once every live agent is ready (so no neighbour still waits on us), or until
+        the link's own bound."""
+        self.peers.finish_phase(until=self.world.arrived)
+
     def _iteration(self, iteration: int) -> None:
+        started = time.monotonic()
+        self._finish_peer_phase()
         if iteration == self.crash_at:
             logger.warning("agent %d: injected crash (SIGKILL) at iteration %d",
                            self.agent_id, iteration)
             for handler in logging.getLogger().handlers:
                 handler.flush()
             os.kill(os.getpid(), signal.SIGKILL)
-        started = time.monotonic()
         self.peers.mark_rollout()
         if self.algorithm.owns_environment:  # off-policy workers step their own copies
             batch = self.algorithm.collect(self.config.rollout_length, self.config.n_envs)
@@ -307,7 +316,6 @@ class AgentProcess:
         if isinstance(self.transport, FaultyTransport):
             self.transport.start_iteration(iteration)
         stats.update(self.algorithm.peer_phase(batch, self.peers))
-        self.peers.finish_phase()
         returns = np.concatenate([*phase_returns, self.rollout.tracker.take()])
         if self.algorithm.centralized and len(returns):
             stats["rollout/agent_returns"] = returns.mean(axis=0).tolist()

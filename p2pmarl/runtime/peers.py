@@ -45,6 +45,8 @@ from p2pmarl.runtime.transport import Transport
 
 LIVENESS_POLL_SECONDS = 0.2
 """Longest single wait inside :meth:`PeerLink.request` between two looks at lost neighbours."""
+FINISH_POLL_SECONDS = 0.002
+"""Longest single wait of :meth:`PeerLink.finish_phase` between two looks at its ``until``."""
 
 
 class PeerLink:
@@ -292,15 +294,18 @@ class PeerLink:
         result.bytes_sent = sum(p.bytes_sent * (1 + p.attempts) for p in pending.values())
         return result
 
-    def finish_phase(self) -> float:
+    def finish_phase(self, until: Callable[[], bool] | None = None) -> float:
         """Called by the runtime after the peer phase, for the neighbours whose messages this
         iteration's rounds (:meth:`exchange_round`) and acknowledgements
         (:meth:`accept_deliveries`) answered: one more copy of the last answer to each (marked
         ``echo``, never answered; for a neighbour that missed it and whose retransmission would
         find nobody listening), then stay answering retransmissions for (1 + linear
-        retransmissions) of the longest of their (neighbour, kind) RTOs. Neighbours reported
-        down are skipped. Returns the seconds stayed (0 when nothing is owed; a variant with
-        its own end-of-phase rule, like MATRPO's ADMM, owes nothing here)."""
+        retransmissions) of the longest of their (neighbour, kind) RTOs, or less: the stay ends
+        as soon as ``until()`` is true (checked every :data:`FINISH_POLL_SECONDS`), for a
+        caller that learns another way that no neighbour can still be waiting (the runtime:
+        the world's next message, sent only once every live agent finished its peer phase).
+        Neighbours reported down are skipped. Returns the seconds stayed (0 when nothing is
+        owed; a variant with its own end-of-phase rule, like MATRPO's ADMM, owes nothing)."""
         down = self.down()
         owed = sorted((j, kind) for j, kind in self._owed if j not in down)
         self._owed.clear()
@@ -313,7 +318,13 @@ class PeerLink:
                 self._send_copies(j, stored[0], {**stored[1], "echo": 1})
         longest = max(self.timeout_for(j, kind) for j, kind in owed)
         seconds = longest * (1 + self.timers.policy.linear_retransmissions)
-        self.linger(seconds)
+        started = time.monotonic()
+        deadline = started + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if until is not None and until():
+                seconds = time.monotonic() - started  # ended early
+                break
+            self.linger(remaining if until is None else min(remaining, FINISH_POLL_SECONDS))
         self.reliability["linger_seconds"] += seconds
         return seconds
 

@@ -309,34 +309,60 @@ class WorldClient:
         self._socket.connect(endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+        self._early: Message | None = None
+        """A world message taken by :meth:`arrived` and not yet handed out by :meth:`receive`."""
 
     def send(self, kind: str, round: int, body: Mapping[str, Any]) -> None:
         self._socket.send(encode(Message(kind, self.agent_id, WORLD, round, 0, body)))
 
+    def arrived(self) -> bool:
+        """Whether a world message (not a liveness ping) has arrived, without waiting; it is
+        kept and :meth:`receive` returns it next. After this agent's ``ready``, the world's next
+        message (the next step, or ``stop``) means every live agent has sent its ``ready``, i.e.
+        finished its peer phase: the runtime's end-of-phase linger stops there."""
+        if self._early is None:
+            self._early = self._next(0.0)
+        return self._early is not None
+
     def receive(self, kinds: frozenset[str], timeout: float) -> Message:
         """Next message of one of ``kinds`` from the world, or LinkTimeout."""
         deadline = time.monotonic() + timeout
-        while (remaining := deadline - time.monotonic()) > 0:
-            frame = _receive_frames(self._socket, self._poller, max(remaining, 0.001))
+        while True:
+            message, self._early = self._early or self._next(deadline - time.monotonic()), None
+            if message is not None:
+                if message.kind in kinds:
+                    return message
+                self.rejected["unexpected"] += 1
+                logger.warning("agent %d ignored %s from the world", self.agent_id, message.kind)
+            if time.monotonic() >= deadline:
+                raise LinkTimeout(
+                    f"agent {self.agent_id}: no {sorted(kinds)} from the world within "
+                    f"{timeout:.0f} s"
+                )
+
+    def _next(self, timeout: float) -> Message | None:
+        """The next valid world message other than a ping within ``timeout`` s (0: only one
+        already queued), or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = _receive_frames(
+                self._socket, self._poller, max(deadline - time.monotonic(), 0.0)
+            )
             if frame is None:
-                continue
+                return None
             try:
                 message = decode(frame)
             except CodecError as error:
                 self.rejected[error.reason] += 1
                 logger.warning("agent %d rejected a world frame: %s", self.agent_id, error)
                 continue
-            if message.sender == WORLD and message.kind == PING:
-                continue
-            if message.sender != WORLD or message.kind not in kinds:
+            if message.sender != WORLD:
                 self.rejected["unexpected"] += 1
                 logger.warning("agent %d ignored %s from %d", self.agent_id, message.kind,
                                message.sender)
                 continue
-            return message
-        raise LinkTimeout(
-            f"agent {self.agent_id}: no {sorted(kinds)} from the world within {timeout:.0f} s"
-        )
+            if message.kind != PING:
+                return message
 
     def close(self) -> None:
         self._socket.close(linger=0)
