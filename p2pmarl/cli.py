@@ -75,6 +75,8 @@ _FLAG_HELP = {
     "maddpg_learning_starts": "transitions stored before MADDPG's first update",
     "maddpg_train_every": "env transitions per MADDPG gradient update",
     "critic_sync_every": "genetic MADDPG: env steps between best-critic gossips",
+    "fdmarl_reward_scale": "FDMARL: fixed reward scale of every agent's critic target",
+    "fdmarl_actor_minibatch": "FDMARL: samples per actor Adam step",
     "metamapg_trajectories": "Meta-MAPG: K trajectories per chain step (= --n-envs; paper 64)",
     "metamapg_chain_length": "Meta-MAPG: chain length L (inner updates per chain)",
     "metamapg_variant": "Meta-MAPG: metamapg, metapg, lola (no own learning) or reinforce",
