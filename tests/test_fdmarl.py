@@ -268,8 +268,8 @@ def test_fdmarl_run_sends_only_critics_to_neighbours(tmp_path, monkeypatch, no_l
                 assert set(row["keys"]) == CRITIC_FIELDS | RELIABLE_FIELDS
                 assert critic_size in (None, row["shapes"]["value"])
                 critic_size = row["shapes"]["value"]
-    # 2 iterations × 5 epochs × 1 round × 6 directed edges of line4
-    assert critics == 2 * 5 * 6
+    # 2 iterations × critic epochs (20 by default) × 1 round × 6 directed edges of line4
+    assert critics == 2 * FDMARLConfig().critic_epochs * 6
     metrics = [json.loads(line) for line in
                (Path(result.summary["run_dir"]) / "agents/agent-1/metrics.jsonl")
                .read_text().splitlines() if '"iteration"' in line]
