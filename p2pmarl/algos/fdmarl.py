@@ -13,9 +13,9 @@ action-value networked actor-critic; the reference text numbers its steps (3.3)-
    A^i = Q(o^i, a; ω^i) − Σ_{b} π^i(b|o^i) Q(o^i, (b, a^{-i}); ω^i)
    (:func:`counterfactual_advantage`),
    θ^i ← θ^i + α_θ · mean(A^i ∇ log π^i(a^i|o^i))  (Adam, one pass over the batch in minibatches);
-2. **critic epochs**, each a TD(0) pass with the own reward,
-   δ^i = r^i + γ Q(o'^i, a'; ω^i) − Q(o^i, a; ω^i) and ω̃^i = ω^i + α_ω δ^i ∇Q  (SGD with
-   momentum, minibatches; :func:`td_targets`), followed by
+2. **critic epochs**, each a TD(0) pass with the own reward times the fixed scale c that every
+   agent shares (``reward_scale``), δ^i = c·r^i + γ Q(o'^i, a'; ω^i) − Q(o^i, a; ω^i) and
+   ω̃^i = ω^i + α_ω δ^i ∇Q  (SGD with momentum, minibatches; :func:`td_targets`), followed by
 3. **a consensus (diffusion) step** ω^i ← Σ_j c(i, j) ω̃^j over the agent and its graph
    neighbours with Metropolis weights c (:func:`consensus_step`, on the gossip primitive
    :func:`p2pmarl.algos.gossip.average`).
