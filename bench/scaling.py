@@ -12,6 +12,10 @@ activations takes minutes there); a user with time runs, e.g.:
 
     python bench/scaling.py --study scaling --iterations 100 --steps 10000 --seeds 0 1 2
     python bench/scaling.py --study sensitivity --iterations 50 --steps 10000 --seeds 0 1 2
+
+Every finished run is appended to ``<out>/<study>.jsonl`` as it ends; ``--merge FILE ...``
+tabulates such files (and the JSON objects this script prints) without running, and ``--plot
+PREFIX`` writes one learning-curve PNG per task, ``PREFIX_<task>.png``.
 """
 
 from __future__ import annotations
@@ -65,7 +69,37 @@ def run_one(label: str, overrides: dict, seed: int, args: argparse.Namespace) ->
     curve = summary["team_return_curve"]
     return {"label": label, "seed": seed, "status": summary["status"], "curve": curve,
             "final": statistics.fmean(curve[-3:]) if curve else None,
-            "wall_seconds": summary["wall_seconds"]}
+            "wall_seconds": summary["wall_seconds"], "env_steps": summary["env_steps"]}
+
+
+def read_runs(paths: list[Path]) -> list[dict]:
+    """Runs from ``.jsonl`` files (one run a line) or printed results (``{"runs": [...]}``)."""
+    runs: list[dict] = []
+    for path in paths:
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                runs.extend(row.get("runs", [row]))
+    return runs
+
+
+def plot(runs: list[dict], prefix: Path, steps_per_iteration: int) -> list[Path]:
+    """One PNG per task: every algorithm's (or setting's) curve, mean over seeds."""
+    from bench.common import plot_seed_curves
+
+    palette = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown",
+               "tab:pink", "tab:gray", "tab:olive", "tab:cyan")
+    written = []
+    for task in sorted({run["label"].split("/")[0] for run in runs}):
+        rows = [dict(run, algo=run["label"].split("/", 1)[1],
+                     env_steps=run.get("env_steps", steps_per_iteration * len(run["curve"])))
+                for run in runs if run["label"].startswith(task + "/") and run["curve"]]
+        names = list(dict.fromkeys(row["algo"] for row in rows))
+        path = prefix.with_name(f"{prefix.name}_{task}.png")
+        plot_seed_curves(rows, dict(zip(names, palette, strict=False)),
+                         f"{task}: team return (thin: single seeds)", path)
+        written.append(path)
+    return written
 
 
 def main() -> None:
@@ -76,13 +110,26 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--only", nargs="*", default=None, help="labels to run (default all)")
     parser.add_argument("--out", type=Path, default=RESULTS / "scaling")
+    parser.add_argument("--merge", type=Path, nargs="+", help="result files to tabulate")
+    parser.add_argument("--plot", type=Path, help="PNG prefix, one file per task")
     args = parser.parse_args()
-    todo = [p for p in plan(args.study) if not args.only or p["label"] in args.only]
-    runs = [run_one(p["label"], p["overrides"], seed, args) for seed in args.seeds for p in todo]
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.merge:
+        runs = read_runs(args.merge)
+    else:
+        todo = [p for p in plan(args.study) if not args.only or p["label"] in args.only]
+        runs = []
+        for seed in args.seeds:
+            for run in todo:
+                runs.append(run_one(run["label"], run["overrides"], seed, args))
+                with (args.out / f"{args.study}.jsonl").open("a") as log:
+                    log.write(json.dumps(runs[-1]) + "\n")
     result = {"benchmark": "scaling", "study": args.study, "iterations": args.iterations,
               "steps_per_iteration": args.steps, "seeds": args.seeds, "runs": runs}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.study}.json").write_text(json.dumps(result, indent=1))
+    if not args.merge:
+        (args.out / f"{args.study}.json").write_text(json.dumps(result, indent=1))
+    if args.plot:
+        result["plots"] = [str(path) for path in plot(runs, args.plot, args.steps)]
     print(json.dumps(result))
 
 

@@ -79,6 +79,8 @@ _FLAG_HELP = {
     "maddpg_actor_lr": "MADDPG actor learning rate (default 1e-3, the report's)",
     "maddpg_critic_lr": "MADDPG critic learning rate (default 1e-4, the report's)",
     "critic_sync_every": "genetic MADDPG: env steps between best-critic gossips",
+    "fdmarl_reward_scale": "FDMARL: fixed reward scale of every agent's critic target",
+    "fdmarl_actor_minibatch": "FDMARL: samples per actor Adam step",
     "metamapg_trajectories": "Meta-MAPG: K trajectories per chain step (= --n-envs; paper 64)",
     "metamapg_chain_length": "Meta-MAPG: chain length L (inner updates per chain)",
     "metamapg_variant": "Meta-MAPG: metamapg, metapg, lola (no own learning) or reinforce",

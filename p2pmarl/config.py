@@ -166,6 +166,11 @@ class RunConfig:
     """MADDPG critic Adam learning rate (None: 1e-4, the report's; the original code: 1e-2)."""
     critic_sync_every: int | None = None
     """Genetic MADDPG: env steps of a worker between best-critic gossips (None: 5000)."""
+    # issue 13: FDMARL; None = the FDMARLConfig default
+    fdmarl_reward_scale: float | None = None
+    """FDMARL: fixed reward scale c of every agent's critic target, Q of c·r (None: 0.1)."""
+    fdmarl_actor_minibatch: int | None = None
+    """FDMARL: samples per actor Adam step (None: 10000, one step per 10k-step rollout)."""
     # issue 11: Meta-MAPG (metamapg) on ipd / rps; None = the paper's Table 3 (IPD) / 4 (RPS) value
     metamapg_trajectories: int | None = None
     """K trajectories per chain step, run as the K environment copies: must equal n_envs when
@@ -305,6 +310,13 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
+
+        if self.fdmarl_reward_scale is not None and not self.fdmarl_reward_scale > 0:
+            raise ConfigError(f"fdmarl_reward_scale must be > 0, got {self.fdmarl_reward_scale}")
+        if self.fdmarl_actor_minibatch is not None and self.fdmarl_actor_minibatch < 1:
+            raise ConfigError(
+                f"fdmarl_actor_minibatch must be ≥ 1, got {self.fdmarl_actor_minibatch}"
+            )
         # issue 11: Meta-MAPG
         if self.metamapg_trajectories is not None and self.metamapg_trajectories != self.n_envs:
             raise ConfigError(

@@ -167,10 +167,11 @@ def chain_values(reward: float) -> np.ndarray:
                      for k in range(CHAIN_LENGTH)])
 
 
-def chain_agent(agent_id: int, topology) -> FDMARL:
+def chain_agent(agent_id: int, topology, reward_scale: float = 1.0) -> FDMARL:
     spec = EnvSpec("chain", 2, (CHAIN_LENGTH,) * 2, (1, 1), CHAIN_LENGTH)
     config = FDMARLConfig(gamma=CHAIN_GAMMA, critic_lr=1e-2, critic_epochs=200,
-                          critic_minibatch=128, hidden=(32,), episode_end="terminal")
+                          critic_minibatch=128, hidden=(32,), episode_end="terminal",
+                          reward_scale=reward_scale)
     return FDMARL(agent_id, spec, topology, config, seed=agent_id)
 
 
@@ -190,27 +191,52 @@ def test_td_critic_reaches_the_chain_values():
     assert np.allclose(critic_values(agent), chain_values(1.0), atol=0.05), critic_values(agent)
 
 
-def test_consensus_critics_reach_the_values_of_the_average_reward():
-    """Agent 0 is rewarded 1 per step, agent 1 nothing: after TD epochs with consensus both
-    critics hold the values of the team-average reward 0.5, which neither agent observes."""
+def consensus_chain(reward: float, reward_scale: float) -> tuple[list[FDMARL], dict]:
+    """Agent 0 rewarded ``reward`` per step, agent 1 nothing; both run their peer phase
+    (TD epochs, each followed by a consensus step) over an in-memory link."""
     topology = topology_from_spec({"generator": "path", "n": 2})
     hub = MemoryHub()
-    agents = [chain_agent(i, topology) for i in range(2)]
+    agents = [chain_agent(i, topology, reward_scale) for i in range(2)]
     results: dict[int, dict[str, float]] = {}
 
     def body(i: int) -> Callable[[], None]:
         def run() -> None:
             link = PeerLink(hub.transport(i, topology.neighbours(i)), iteration=0)
-            results[i] = agents[i].peer_phase(chain_batch(i, reward=1.0 - i), link)
+            results[i] = agents[i].peer_phase(chain_batch(i, reward=reward * (1 - i)), link)
         return run
 
     run_threads([body(0), body(1)])
     assert results[0]["consensus/missing"] == 0 == results[1]["consensus/missing"]
+    return agents, results
+
+
+def test_consensus_critics_reach_the_values_of_the_average_reward():
+    """Agent 0 is rewarded 1 per step, agent 1 nothing: after TD epochs with consensus both
+    critics hold the values of the team-average reward 0.5, which neither agent observes."""
+    agents, _ = consensus_chain(reward=1.0, reward_scale=1.0)
     for agent in agents:
         assert np.allclose(critic_values(agent), chain_values(0.5), atol=0.05), critic_values(agent)
     difference = flat_parameters(agents[0].critic.parameters()) - flat_parameters(
         agents[1].critic.parameters())
     assert float(difference.abs().max()) < 1e-2
+
+
+def test_a_shared_reward_scale_keeps_consensus_exact_and_the_sgd_step_unclipped():
+    """Rewards of spread's size (10 per step, agent 1 nothing) at the default gradient guard:
+    unscaled, the TD gradient is clipped on most steps and the critics settle off the values of
+    the team-average reward; with the shared scale c = 0.1 no step is clipped and both critics
+    reach c times those values."""
+    unscaled, unscaled_results = consensus_chain(reward=10.0, reward_scale=1.0)
+    scaled, scaled_results = consensus_chain(reward=10.0, reward_scale=0.1)
+    steps = 200 * 4  # epochs × minibatches of 128 in the 512-row chain batch
+    for agent, results in zip(scaled, scaled_results.values(), strict=True):
+        assert np.allclose(critic_values(agent), 0.1 * chain_values(5.0), atol=0.03), (
+            critic_values(agent))
+        assert results["train/critic_clipped_steps"] == 0
+    assert unscaled_results[0]["train/critic_clipped_steps"] > 0.5 * steps
+    assert not np.allclose(critic_values(unscaled[0]), chain_values(5.0), atol=0.3)
+    with pytest.raises(ValueError, match="reward_scale"):
+        FDMARLConfig(reward_scale=0.0)
 
 
 def test_fdmarl_run_sends_only_critics_to_neighbours(tmp_path, monkeypatch, no_leaked_processes):
@@ -242,8 +268,8 @@ def test_fdmarl_run_sends_only_critics_to_neighbours(tmp_path, monkeypatch, no_l
                 assert set(row["keys"]) == CRITIC_FIELDS | RELIABLE_FIELDS
                 assert critic_size in (None, row["shapes"]["value"])
                 critic_size = row["shapes"]["value"]
-    # 2 iterations × 5 epochs × 1 round × 6 directed edges of line4
-    assert critics == 2 * 5 * 6
+    # 2 iterations × critic epochs (20 by default) × 1 round × 6 directed edges of line4
+    assert critics == 2 * FDMARLConfig().critic_epochs * 6
     metrics = [json.loads(line) for line in
                (Path(result.summary["run_dir"]) / "agents/agent-1/metrics.jsonl")
                .read_text().splitlines() if '"iteration"' in line]

@@ -13,9 +13,9 @@ action-value networked actor-critic; the reference text numbers its steps (3.3)-
    A^i = Q(o^i, a; ω^i) − Σ_{b} π^i(b|o^i) Q(o^i, (b, a^{-i}); ω^i)
    (:func:`counterfactual_advantage`),
    θ^i ← θ^i + α_θ · mean(A^i ∇ log π^i(a^i|o^i))  (Adam, one pass over the batch in minibatches);
-2. **critic epochs**, each a TD(0) pass with the own reward,
-   δ^i = r^i + γ Q(o'^i, a'; ω^i) − Q(o^i, a; ω^i) and ω̃^i = ω^i + α_ω δ^i ∇Q  (SGD with
-   momentum, minibatches; :func:`td_targets`), followed by
+2. **critic epochs**, each a TD(0) pass with the own reward times the fixed scale c that every
+   agent shares (``reward_scale``), δ^i = c·r^i + γ Q(o'^i, a'; ω^i) − Q(o^i, a; ω^i) and
+   ω̃^i = ω^i + α_ω δ^i ∇Q  (SGD with momentum, minibatches; :func:`td_targets`), followed by
 3. **a consensus (diffusion) step** ω^i ← Σ_j c(i, j) ω̃^j over the agent and its graph
    neighbours with Metropolis weights c (:func:`consensus_step`, on the gossip primitive
    :func:`p2pmarl.algos.gossip.average`).
@@ -85,17 +85,31 @@ class FDMARLConfig:
     actor_minibatch: int = 10_000
     """Samples per actor step (one Adam step per 10k-step rollout: with 10 steps per rollout the
     actor collapsed to entropy 0.25 within 6 iterations on spread); 1000-M."""
-    critic_lr: float = 3e-3
-    """Step size α_ω of the TD step (SGD, see :class:`SGD` for why not Adam); 1e-3-3e-2."""
+    reward_scale: float = 0.1
+    """Fixed scale c of the critic's target: every critic learns Q of c·r^i instead of r^i
+    (:meth:`FDMARL.td_epoch`). One constant that every agent shares (a setting, never a
+    statistic of an agent's own rewards) keeps the consensus exact: the average of critics for
+    c·r^j is the critic for c·(1/N)Σ_j r^j. It brings spread's Q values (raw: −20 to −60 at
+    γ = 0.95) to order 1, where the SGD step below runs unclipped; the actor's Adam step does not
+    depend on the advantage's scale. 0.01-1."""
+    critic_lr: float = 1e-2
+    """Step size α_ω of the TD step (SGD, see :class:`SGD` for why not Adam); 1e-3-3e-2. With
+    ``reward_scale`` 0.1 no spread run diverged at 1e-2 (without the scale 1e-2 turned NaN)."""
     critic_momentum: float = 0.9
     """Heavy-ball momentum μ of the TD step; 0-0.95."""
-    critic_max_grad_norm: float = 1.0
-    """The TD minibatch gradient is rescaled to at most this norm before the SGD step. It
-    bounds the first steps, when Q is far from its targets (spread: errors of ~50 on agent 0,
-    which diverge plain SGD within three iterations) and is inactive once the critic fits, where
-    the step is linear again (see :class:`SGD`); 0.5-10."""
-    critic_epochs: int = 5
-    """TD passes over the batch per iteration, each followed by a consensus step; 1-20."""
+    critic_max_grad_norm: float = 10.0
+    """The TD minibatch gradient is rescaled to at most this norm before the SGD step: a guard
+    against a diverging first step, idle in normal operation. It must stay idle near the
+    consensus point, where each agent's own TD error does not vanish (only the neighbourhood
+    average of the gradients does): a clipped step is no longer linear in the gradient and moves
+    the fixed point (see :class:`SGD`). With ``reward_scale`` 0.1 no TD step was clipped on the
+    chain test; the earlier default 1.0 without a reward scale clipped every step on spread;
+    1-100."""
+    critic_epochs: int = 20
+    """TD passes over the batch per iteration, each followed by a consensus step; 1-50. The
+    critic must track the actor (Zhang et al.'s critic runs on the faster time scale): on
+    spread N=3 with 5 passes the return fell from −276 to −337 in 60k steps, with 20 it did not
+    (issue 13, session 22)."""
     critic_minibatch: int = 256
     """Samples per TD minibatch; 64-1024."""
     consensus_rounds: int = 1
@@ -117,6 +131,7 @@ class FDMARLConfig:
             "actor_lr": self.actor_lr > 0.0,
             "actor_epochs": self.actor_epochs >= 0,
             "actor_minibatch": self.actor_minibatch >= 1,
+            "reward_scale": self.reward_scale > 0.0,
             "critic_lr": self.critic_lr > 0.0,
             "critic_momentum": 0.0 <= self.critic_momentum < 1.0,
             "critic_max_grad_norm": self.critic_max_grad_norm > 0.0,
@@ -328,9 +343,13 @@ class FDMARL(AgentAlgorithm):
     def from_run_config(
         cls, agent_id: int, spec: EnvSpec, topology: Topology, config: RunConfig, seed: int
     ) -> FDMARL:
-        """The defaults of :class:`FDMARLConfig` with the run's episode end and peer timeout."""
+        """The defaults of :class:`FDMARLConfig` with the run's episode end, peer timeout and
+        the ``fdmarl_*`` settings that are given."""
+        given = {"reward_scale": config.fdmarl_reward_scale,
+                 "actor_minibatch": config.fdmarl_actor_minibatch}
         settings = FDMARLConfig(
-            episode_end=config.episode_end, message_timeout=config.admm_message_timeout
+            episode_end=config.episode_end, message_timeout=config.admm_message_timeout,
+            **{name: value for name, value in given.items() if value is not None},
         )
         return cls(agent_id, spec, topology, settings, seed)
 
@@ -375,13 +394,14 @@ class FDMARL(AgentAlgorithm):
         }
 
     def td_epoch(self, batch: Batch, observations: Tensor, joint_actions: Tensor) -> float:
-        """One TD(0) pass (step 2) with targets from the critic at the start of the pass;
-        returns the mean squared TD error over the valid rows before the pass."""
+        """One TD(0) pass (step 2) on the scaled reward c·r^i with targets from the critic at the
+        start of the pass; returns the mean squared TD error (in units of c·r) over the valid
+        rows before the pass."""
         steps, copies = batch.rewards.shape
         with torch.no_grad():
             q_values = self.critic(observations, joint_actions).numpy().reshape(steps, copies)
         targets, valid = td_targets(
-            batch.rewards, q_values, batch.dones, self.config.gamma,
+            self.config.reward_scale * batch.rewards, q_values, batch.dones, self.config.gamma,
             self.config.episode_end == "timeout",
         )
         rows = torch.as_tensor(np.flatnonzero(valid.reshape(-1)))
