@@ -171,6 +171,10 @@ def main() -> int:
     parser.add_argument("--curves", type=Path, default=None, help="also write curves JSON here")
     parser.add_argument("--reward-clip", type=float, default=1.0,
                         help="DiMA-PG reward clip c (paper and default: 1; 0 = off)")
+    parser.add_argument("--adapted-steps", type=int, default=None,
+                        help="steps per copy of DiMA-PG's adapted phase (default: the episode "
+                             "length; N·episode length gives each agent as many adapted episodes "
+                             "as pre-adaptation ones)")
     parser.add_argument("--no-itrpo", action="store_true", help="train DiMA-PG only")
     parser.add_argument("--no-score-term", action="store_true",
                         help="DiMA-PG without eq. 14's score-function term")
@@ -184,9 +188,13 @@ def main() -> int:
     )
     dimapg = RunConfig(algo="dimapg", iterations=args.iterations,
                        dimapg_reward_clip=args.reward_clip,
+                       dimapg_adapted_steps=args.adapted_steps,
                        dimapg_no_score_term=args.no_score_term, **common).validate()
-    # DiMA-PG runs two phases of M steps per iteration: I-TRPO gets twice the iterations
-    itrpo = RunConfig(algo="itrpo", iterations=2 * args.iterations, **common).validate()
+    # DiMA-PG runs a pre phase of T steps and an adapted phase of T' steps per copy per
+    # iteration: I-TRPO (T steps per copy) gets (T + T')/T times the iterations
+    adapted = args.adapted_steps or args.episode_length
+    itrpo_iterations = round(args.iterations * (args.episode_length + adapted) / args.episode_length)
+    itrpo = RunConfig(algo="itrpo", iterations=itrpo_iterations, **common).validate()
     load_before = load_average()
     dimapg_dir, dimapg_seconds = train(dimapg)
     itrpo_dir, itrpo_seconds = (None, 0.0) if args.no_itrpo else train(itrpo)
@@ -224,6 +232,7 @@ def main() -> int:
         "curves": curves,
         "reward_clip": args.reward_clip,
         "score_term": not args.no_score_term,
+        "adapted_steps": adapted,
         "run_dirs": {"dimapg": str(dimapg_dir), "itrpo": str(itrpo_dir)},
         "load_average_before": load_before,
         "load_average_after": load_average(),

@@ -96,8 +96,8 @@ def tiny_data(seed: int = 0) -> MetaData:
         return torch.from_numpy(rng.normal(size=shape))
 
     actions = torch.from_numpy(rng.integers(0, 4, 30))
-    return MetaData(tensor((30, 3)), actions, tensor(30), 3.0, -2.0, tensor((20, 3)),
-                    torch.from_numpy(rng.integers(0, 4, 20)), tensor(20), -1.5)
+    return MetaData(tensor((30, 3)), actions, tensor(30), tensor((20, 3)),
+                    torch.from_numpy(rng.integers(0, 4, 20)), tensor(20), 2.0, -1.5, -2.0)
 
 
 def test_adapt_takes_plain_gradient_steps():
@@ -130,9 +130,10 @@ def meta_objective(policy, flat, data, steps, lr) -> float:
     adapted = adapt(policy, theta, data.pre_observations, data.pre_actions,
                     data.pre_advantages, steps, lr, create_graph=True)
     adapted_term = (policy_log_prob(policy, adapted, data.adapted_observations,
-                                    data.adapted_actions) * data.adapted_advantages).mean()
+                                    data.adapted_actions) * data.adapted_advantages).sum()
+    adapted_term = adapted_term / data.adapted_episodes  # per trajectory
     pre = policy_log_prob(policy, theta, data.pre_observations, data.pre_actions).sum()
-    score = (data.adapted_return - data.pre_return) * pre / data.pre_episodes
+    score = (data.adapted_return - data.score_baseline) * pre  # score of the whole batch
     return float((adapted_term + score).detach())
 
 
