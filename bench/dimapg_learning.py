@@ -193,7 +193,8 @@ def main() -> int:
     # DiMA-PG runs a pre phase of T steps and an adapted phase of T' steps per copy per
     # iteration: I-TRPO (T steps per copy) gets (T + T')/T times the iterations
     adapted = args.adapted_steps or args.episode_length
-    itrpo_iterations = round(args.iterations * (args.episode_length + adapted) / args.episode_length)
+    itrpo_iterations = round(args.iterations * (args.episode_length + adapted)
+                             / args.episode_length)
     itrpo = RunConfig(algo="itrpo", iterations=itrpo_iterations, **common).validate()
     load_before = load_average()
     dimapg_dir, dimapg_seconds = train(dimapg)
