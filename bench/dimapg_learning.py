@@ -70,19 +70,29 @@ def load_agents(run_dir: Path, config: RunConfig) -> list:
     return agents
 
 
-def play(config: RunConfig, act, episodes: int, seed: int) -> tuple[float, np.ndarray]:
-    """Mean over episodes of the per-episode min over agents of own return; also all returns."""
-    env = make_env(config.env, n_agents_of(config), config.episode_length)
+def play(
+    config: RunConfig, act, episodes: int, seed: int, parallel: int = 25
+) -> tuple[float, np.ndarray]:
+    """Mean over episodes of the per-episode min over agents of own return; also all returns.
+
+    Plays ``parallel`` episodes at a time in as many env copies; ``act`` maps each agent's
+    stacked observations (copies, obs) to its actions (copies,), so each agent makes one
+    batched policy call per step (the machine can be very loaded)."""
+    n = n_agents_of(config)
     rng = np.random.default_rng(seed)
-    returns = np.zeros((episodes, n_agents_of(config)))
-    for episode in range(episodes):
-        observations = env.reset(int(rng.integers(2**31)))
-        done = False
-        while not done:
-            actions = act(observations)
-            observations, rewards, done = env.step(actions)
-            returns[episode] += rewards
-    env.close()
+    returns = np.zeros((episodes, n))
+    for first in range(0, episodes, parallel):
+        count = min(parallel, episodes - first)
+        envs = [make_env(config.env, n, config.episode_length) for _ in range(count)]
+        observations = [env.reset(int(rng.integers(2**31))) for env in envs]
+        for _ in range(config.episode_length):
+            stacked = [np.stack([observations[c][i] for c in range(count)]) for i in range(n)]
+            actions = act(stacked)
+            for c, env in enumerate(envs):
+                observations[c], rewards, _ = env.step([int(a[c]) for a in actions])
+                returns[first + c] += rewards
+        for env in envs:
+            env.close()
     return float(returns.min(axis=1).mean()), returns
 
 
@@ -116,14 +126,14 @@ def evaluate_dimapg(run_dir: Path, config: RunConfig, episodes: int, seed: int) 
     agents = load_agents(run_dir, config)
 
     def shared(observations):
-        return [int(a.act(o[None])[0]) for a, o in zip(agents, observations, strict=True)]
+        return [a.act(o) for a, o in zip(agents, observations, strict=True)]
 
     using_theta, _ = play(config, shared, episodes, seed)
     for agent, batch in zip(agents, adaptation_batches(config, agents, seed + 1), strict=True):
         agent.phase_update(batch)
 
     def adapted(observations):
-        return [int(a.act_adapted(o[None])[0]) for a, o in zip(agents, observations, strict=True)]
+        return [a.act_adapted(o) for a, o in zip(agents, observations, strict=True)]
 
     using_adapted, _ = play(config, adapted, episodes, seed)
     return {"using_theta": using_theta, "using_theta_prime": using_adapted}
@@ -133,7 +143,7 @@ def evaluate_itrpo(run_dir: Path, config: RunConfig, episodes: int, seed: int) -
     agents = load_agents(run_dir, config)
 
     def policy(observations):
-        return [int(a.act(o[None])[0]) for a, o in zip(agents, observations, strict=True)]
+        return [a.act(o) for a, o in zip(agents, observations, strict=True)]
 
     return play(config, policy, episodes, seed)[0]
 
@@ -171,7 +181,14 @@ def main() -> int:
     parser.add_argument("--curves", type=Path, default=None, help="also write curves JSON here")
     parser.add_argument("--reward-clip", type=float, default=1.0,
                         help="DiMA-PG reward clip c (paper and default: 1; 0 = off)")
+    parser.add_argument("--adapted-steps", type=int, default=None,
+                        help="steps per copy of DiMA-PG's adapted phase (default: the episode "
+                             "length; N·episode length gives each agent as many adapted episodes "
+                             "as pre-adaptation ones)")
     parser.add_argument("--no-itrpo", action="store_true", help="train DiMA-PG only")
+    parser.add_argument("--evaluate", type=Path, nargs=2, metavar=("DIMAPG_RUN", "ITRPO_RUN"),
+                        default=None, help="skip training: evaluate these two finished runs "
+                        "(made by this benchmark with the same other arguments)")
     parser.add_argument("--no-score-term", action="store_true",
                         help="DiMA-PG without eq. 14's score-function term")
     args = parser.parse_args()
@@ -184,12 +201,20 @@ def main() -> int:
     )
     dimapg = RunConfig(algo="dimapg", iterations=args.iterations,
                        dimapg_reward_clip=args.reward_clip,
+                       dimapg_adapted_steps=args.adapted_steps,
                        dimapg_no_score_term=args.no_score_term, **common).validate()
-    # DiMA-PG runs two phases of M steps per iteration: I-TRPO gets twice the iterations
-    itrpo = RunConfig(algo="itrpo", iterations=2 * args.iterations, **common).validate()
+    # DiMA-PG runs a pre phase of T steps and an adapted phase of T' steps per copy per
+    # iteration: I-TRPO (T steps per copy) gets (T + T')/T times the iterations
+    adapted = args.adapted_steps or args.episode_length
+    itrpo_iterations = round(args.iterations * (args.episode_length + adapted)
+                             / args.episode_length)
+    itrpo = RunConfig(algo="itrpo", iterations=itrpo_iterations, **common).validate()
     load_before = load_average()
-    dimapg_dir, dimapg_seconds = train(dimapg)
-    itrpo_dir, itrpo_seconds = (None, 0.0) if args.no_itrpo else train(itrpo)
+    if args.evaluate:
+        (dimapg_dir, itrpo_dir), dimapg_seconds, itrpo_seconds = args.evaluate, None, None
+    else:
+        dimapg_dir, dimapg_seconds = train(dimapg)
+        itrpo_dir, itrpo_seconds = (None, 0.0) if args.no_itrpo else train(itrpo)
     evaluation_started = time.monotonic()
     scores = evaluate_dimapg(dimapg_dir, dimapg, args.episodes, args.seed + 10)
     if itrpo_dir is not None:
@@ -224,6 +249,7 @@ def main() -> int:
         "curves": curves,
         "reward_clip": args.reward_clip,
         "score_term": not args.no_score_term,
+        "adapted_steps": adapted,
         "run_dirs": {"dimapg": str(dimapg_dir), "itrpo": str(itrpo_dir)},
         "load_average_before": load_before,
         "load_average_after": load_average(),

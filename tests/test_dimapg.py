@@ -96,8 +96,8 @@ def tiny_data(seed: int = 0) -> MetaData:
         return torch.from_numpy(rng.normal(size=shape))
 
     actions = torch.from_numpy(rng.integers(0, 4, 30))
-    return MetaData(tensor((30, 3)), actions, tensor(30), 3.0, -2.0, tensor((20, 3)),
-                    torch.from_numpy(rng.integers(0, 4, 20)), tensor(20), -1.5)
+    return MetaData(tensor((30, 3)), actions, tensor(30), tensor((20, 3)),
+                    torch.from_numpy(rng.integers(0, 4, 20)), tensor(20), 2.0, -1.5, -2.0)
 
 
 def test_adapt_takes_plain_gradient_steps():
@@ -130,9 +130,10 @@ def meta_objective(policy, flat, data, steps, lr) -> float:
     adapted = adapt(policy, theta, data.pre_observations, data.pre_actions,
                     data.pre_advantages, steps, lr, create_graph=True)
     adapted_term = (policy_log_prob(policy, adapted, data.adapted_observations,
-                                    data.adapted_actions) * data.adapted_advantages).mean()
+                                    data.adapted_actions) * data.adapted_advantages).sum()
+    adapted_term = adapted_term / data.adapted_episodes  # per trajectory
     pre = policy_log_prob(policy, theta, data.pre_observations, data.pre_actions).sum()
-    score = (data.adapted_return - data.pre_return) * pre / data.pre_episodes
+    score = (data.adapted_return - data.score_baseline) * pre  # score of the whole batch
     return float((adapted_term + score).detach())
 
 
@@ -313,6 +314,54 @@ def test_replicas_that_drifted_apart_are_resynchronised_by_averaging():
     for theta in thetas(agents):
         torch.testing.assert_close(theta, mean_before + 0.05 * total, atol=1e-5, rtol=1e-5)
     assert not any(a.resync_requested for a in agents)
+
+
+def test_score_term_baseline_comes_only_from_earlier_iterations():
+    """b of eq. 14's score term must not depend on the current τ^θ_n (session 22's fix: the
+    pre-adaptation return made the term subtract θ's own policy gradient)."""
+    agent = make_agents(settings())[0]
+    columns = np.flatnonzero(copy_group_layout(K, N, 0, 0, 1) == 0)
+
+    def expected_gradient(seed: int, baseline: float | None) -> torch.Tensor:
+        pre = agent._pre
+        post = agent._samples(fixed_batch(0, "adapted", seed), columns, fit_also=pre["fit"])
+        data = MetaData(pre["observations"], pre["actions"], pre["advantages"],
+                        post["observations"], post["actions"], post["raw_advantages"],
+                        post["episodes"], post["return"], baseline)
+        theta = {n: p.detach() for n, p in agent.policy.named_parameters()}
+        return meta_gradient(agent.policy, theta, data, agent.config.inner_steps,
+                             agent.config.inner_lr), post["return"]
+
+    agent.phase_update(fixed_batch(0, "pre", 0))
+    first, l0 = expected_gradient(0, None)  # no earlier L_n: no score term
+    agent.local_update(fixed_batch(0, "adapted", 0))
+    torch.testing.assert_close(agent._gradient, first)
+    assert agent.score_baseline == pytest.approx(l0)
+    agent.phase_update(fixed_batch(0, "pre", 1))
+    second, l1 = expected_gradient(1, l0)
+    without_score, _ = expected_gradient(1, None)
+    agent.local_update(fixed_batch(0, "adapted", 1))
+    torch.testing.assert_close(agent._gradient, second)
+    assert (second - without_score).norm() > 1e-3 * second.norm(), "the score term is used"
+    assert agent.score_baseline == pytest.approx(0.9 * l0 + 0.1 * l1)
+    restored = make_agents(settings())[0]
+    restored.load_state_dict(agent.state_dict())
+    assert restored.score_baseline == agent.score_baseline
+
+
+def test_adapted_advantages_use_a_baseline_fit_on_pre_and_adapted_samples():
+    agent = make_agents(settings())[0]
+    pre = agent._samples(fixed_batch(0, "pre", 0))
+    columns = np.flatnonzero(copy_group_layout(K, N, 0, 0, 1) == 0)
+    post = agent._samples(fixed_batch(0, "adapted", 0), columns, fit_also=pre["fit"])
+    features = np.concatenate([pre["fit"][0], post["fit"][0]])
+    returns = np.concatenate([pre["fit"][1], post["fit"][1]])
+    weights = fit_linear_baseline(features, returns, agent.config.baseline_regularization)
+    raw = post["fit"][1] - post["fit"][0] @ weights
+    np.testing.assert_allclose(post["raw_advantages"], raw - raw.mean(), rtol=1e-4, atol=1e-4)
+    own_only = agent._samples(fixed_batch(0, "adapted", 0), columns)
+    assert not np.allclose(own_only["raw_advantages"], post["raw_advantages"], atol=1e-3)
+    assert post["episodes"] == len(columns) * T / EPISODE
 
 
 def test_agents_with_different_observation_sizes_are_refused():

@@ -95,8 +95,13 @@ class DiMAPGConfig:
     (first-order MAML); the score term on τ^θ stays."""
     score_term: bool = True
     """Include eq. 14's second term E[L_n ∇θ log π_θ(τ^θ)] (the dependence of the adaptation's
-    samples on θ). It is an unbiased but very noisy estimate (a sum over a whole trajectory of
-    scores times one scalar); ``False`` keeps only the adapted term, as MAML does."""
+    samples on θ). It is an unbiased but very noisy estimate (one scalar L_n − b times the score
+    of the whole pre-adaptation batch); ``False`` keeps only the adapted term, as MAML does."""
+    score_baseline_decay: float = 0.9
+    """b of the score term: exponential average (this decay) of the agent's L_n of the earlier
+    iterations. It must not depend on the current τ^θ_n: the pre-adaptation return would make
+    the term subtract the policy gradient of θ itself (docs/benchmarks.md, issue 10, session
+    22). With no earlier L_n (first iteration) the score term is left out."""
     reward_clip: float = 1.0
     """Rewards are clipped to [−c, c] before any use (section 5.2.1: [−1, 1]); 0 turns it off."""
     gamma: float = 0.9
@@ -132,6 +137,7 @@ class DiMAPGConfig:
             "fisher_subsample": self.fisher_subsample >= 1,
             "reward_clip": self.reward_clip >= 0,
             "gamma": 0 < self.gamma <= 1,
+            "score_baseline_decay": 0 <= self.score_baseline_decay < 1,
             "hidden": len(self.hidden) >= 1 and min(self.hidden) >= 1,
             "baseline_regularization": self.baseline_regularization > 0,
             "resync_tolerance": self.resync_tolerance > 0,
@@ -250,19 +256,21 @@ class MetaData:
     pre_actions: Tensor
     """a^n on τ^θ_n, int64 (M1,)."""
     pre_advantages: Tensor
-    """REINFORCE advantages on τ^θ_n (returns minus the linear baseline), (M1,)."""
-    pre_episodes: float
-    """Episodes in τ^θ_n (steps / episode length): the score term is per trajectory."""
-    pre_return: float
-    """Mean episode return of τ^θ_n: the baseline subtracted from L_n in the score term."""
+    """Standardized REINFORCE advantages on τ^θ_n (returns minus the linear baseline, then
+    rllab's center_adv) for the inner steps, (M1,)."""
     adapted_observations: Tensor
     """o^n on τ^{θ,θ_n}_n (the copies of group n), (M2, obs)."""
     adapted_actions: Tensor
     """a^n there, int64 (M2,)."""
     adapted_advantages: Tensor
-    """Advantages there, (M2,)."""
+    """Advantages there in reward units (returns minus the linear baseline, centered), (M2,)."""
+    adapted_episodes: float
+    """Episodes in τ^{θ,θ_n}_n (steps / episode length): the adapted term is per trajectory."""
     adapted_return: float
     """L_n(θ, θ_n): mean episode return of τ^{θ,θ_n}_n."""
+    score_baseline: float | None
+    """b subtracted from L_n in the score term (independent of τ^θ_n); None leaves the score
+    term out."""
 
 
 def meta_gradient(
@@ -274,13 +282,15 @@ def meta_gradient(
     first_order: bool = False,
     score_term: bool = True,
 ) -> Tensor:
-    """∇θ L_n(θ, θ_n) of eq. 14 as one flat vector.
+    """∇θ L_n(θ, θ_n) of eq. 14 as one flat vector, both terms in reward units per trajectory.
 
-    E[L_n ∇θ log π_{θ_n}(τ^{θ,θ_n})] is estimated with REINFORCE advantages on τ^{θ,θ_n} and
-    differentiated through θ_n = adapt(θ) (second-order term by autograd; ``first_order`` treats
-    dθ_n/dθ as I). E[L_n ∇θ log π_θ(τ^θ)] is (L_n − b)·(1/episodes)·Σ_t ∇θ log π_θ(a_t|o_t) on
-    τ^θ_n, with b the pre-adaptation return: a constant baseline, which leaves its expectation
-    unchanged (E ∇ log π(τ) = 0) and cuts its variance; ``score_term=False`` leaves it out.
+    E[L_n ∇θ log π_{θ_n}(τ^{θ,θ_n})] is (1/episodes)·Σ_t ∇θ log π_{θ_n}(a_t|o_t)·A_t on
+    τ^{θ,θ_n}_n (REINFORCE with a state baseline: A_t = G_t − b(o_t)), differentiated through
+    θ_n = adapt(θ) (second-order term by autograd; ``first_order`` treats dθ_n/dθ as I).
+    E[L_n ∇θ log π_θ(τ^θ)] is (L_n − b)·Σ_t ∇θ log π_θ(a_t|o_t) over the whole batch τ^θ_n (θ_n
+    depends on all of its trajectories, so the score is the batch's: a sum, not a mean), with b
+    a baseline that does not depend on τ^θ_n, so that E[b ∇ log π(τ^θ)] = 0;
+    ``score_term=False`` or ``score_baseline`` None leaves it out.
     """
     theta = {name: value.detach().requires_grad_(True) for name, value in theta.items()}
     adapted = adapt(
@@ -293,9 +303,11 @@ def meta_gradient(
         policy_log_prob(policy, adapted, data.adapted_observations, data.adapted_actions),
         data.adapted_advantages,
     )
-    pre_log_prob = policy_log_prob(policy, theta, data.pre_observations, data.pre_actions)
-    score = (data.adapted_return - data.pre_return) * pre_log_prob.sum() / data.pre_episodes
-    objective = adapted_term + score if score_term else adapted_term
+    adapted_term = adapted_term * (len(data.adapted_actions) / data.adapted_episodes)
+    objective = adapted_term
+    if score_term and data.score_baseline is not None:
+        pre_log_prob = policy_log_prob(policy, theta, data.pre_observations, data.pre_actions)
+        objective = objective + (data.adapted_return - data.score_baseline) * pre_log_prob.sum()
     gradients = torch.autograd.grad(objective, list(theta.values()))
     return torch.cat([gradient.reshape(-1) for gradient in gradients]).detach()
 
@@ -348,6 +360,8 @@ class DiMAPG(AgentAlgorithm):
         n_parameters = sum(p.numel() for p in self.policy.parameters())
         self.sketch = sketch_matrix(config.sketch_size, n_parameters, shared_seed)
         self.resync_requested = False
+        self.score_baseline: float | None = None
+        """b of eq. 14's score term: exponential average of this agent's earlier L_n."""
         self._pre: dict[str, Any] | None = None
         self._gradient: Tensor | None = None
 
@@ -409,8 +423,19 @@ class DiMAPG(AgentAlgorithm):
         return sample_actions(self.adapted, observations, 0, self.rng, deterministic)
 
     # -- learning ---------------------------------------------------------------------------------
-    def _samples(self, batch: Batch, columns: np.ndarray | None = None) -> dict[str, Any]:
-        """Own observations, actions, advantages and the mean episode return of ``columns``."""
+    def _samples(
+        self, batch: Batch, columns: np.ndarray | None = None,
+        fit_also: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> dict[str, Any]:
+        """Own observations, actions, advantages and the mean episode return of ``columns``.
+
+        ``advantages`` are standardized (rllab's center_adv, for the inner steps);
+        ``raw_advantages`` are in reward units, centered (for the adapted term of eq. 14). The
+        linear baseline is fit on these samples and on ``fit_also`` (features, returns), the
+        agent's own pre-adaptation samples: the adapted phase holds only K/N copies per agent,
+        too few for the baseline's 2·obs + 4 weights (an in-sample fit on 1-2 episodes soaks
+        up the returns and leaves noise).
+        """
         if batch.agent_id != self.agent_id:
             raise ValueError(
                 f"agent {self.agent_id} was given the batch of agent {batch.agent_id}; each "
@@ -423,15 +448,24 @@ class DiMAPG(AgentAlgorithm):
         steps = episode_steps(dones).reshape(-1)
         returns = discounted_returns(rewards, dones, self.config.gamma).reshape(-1)
         features = baseline_features(observations, steps)
-        weights = fit_linear_baseline(features, returns, self.config.baseline_regularization)
-        advantages = returns - features @ weights
-        # rllab's center_adv (the paper's code base): standardize with the agent's own batch
-        # statistics; without it the baseline's misfit mean adds a large random-sign term
-        advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        fit_features, fit_returns = features, returns
+        if fit_also is not None:
+            fit_features = np.concatenate([fit_also[0], features])
+            fit_returns = np.concatenate([fit_also[1], returns])
+        weights = fit_linear_baseline(
+            fit_features, fit_returns, self.config.baseline_regularization
+        )
+        raw = returns - features @ weights
+        # centered: without it the baseline's misfit mean adds a large random-sign term
+        raw = raw - raw.mean()
+        # rllab's center_adv (the paper's code base) also divides by the own batch's std
+        advantages = raw / (raw.std() + 1e-8)
         return {
             "observations": torch.from_numpy(np.ascontiguousarray(observations)),
             "actions": torch.from_numpy(batch.joint_actions[:, columns, self.agent_id].reshape(-1)),
             "advantages": torch.from_numpy(advantages.astype(np.float32)),
+            "raw_advantages": torch.from_numpy(raw.astype(np.float32)),
+            "fit": (features, returns),
             "episodes": rewards.size / self.spec.episode_length,
             "return": float(rewards.mean()) * self.spec.episode_length,
         }
@@ -458,16 +492,20 @@ class DiMAPG(AgentAlgorithm):
         if self._pre is None or batch.copy_groups is None:
             raise RuntimeError("DiMA-PG needs its two rollout phases (pre, then adapted)")
         columns = np.flatnonzero(batch.copy_groups == self.agent_id)
-        post = self._samples(batch, columns)
         pre = self._pre
+        post = self._samples(batch, columns, fit_also=pre["fit"])
         data = MetaData(
-            pre["observations"], pre["actions"], pre["advantages"], pre["episodes"],
-            pre["return"], post["observations"], post["actions"], post["advantages"],
-            post["return"],
+            pre["observations"], pre["actions"], pre["advantages"], post["observations"],
+            post["actions"], post["raw_advantages"], post["episodes"], post["return"],
+            self.score_baseline,
         )
         self._gradient = meta_gradient(
             self.policy, self._theta(), data, self.config.inner_steps, self.config.inner_lr,
             self.config.first_order, self.config.score_term,
+        )
+        decay = self.config.score_baseline_decay
+        self.score_baseline = post["return"] if self.score_baseline is None else (
+            decay * self.score_baseline + (1 - decay) * post["return"]
         )
         return {
             "dimapg/adapted_return": post["return"],
@@ -597,6 +635,7 @@ class DiMAPG(AgentAlgorithm):
             "adapted": self.adapted.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,
             "resync_requested": self.resync_requested,
+            "score_baseline": self.score_baseline,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -606,3 +645,4 @@ class DiMAPG(AgentAlgorithm):
         self.adapted.load_state_dict(state["adapted"])
         self.rng.bit_generator.state = state["numpy_rng"]
         self.resync_requested = bool(state["resync_requested"])
+        self.score_baseline = state.get("score_baseline")
