@@ -310,7 +310,6 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
-
         if self.fdmarl_reward_scale is not None and not self.fdmarl_reward_scale > 0:
             raise ConfigError(f"fdmarl_reward_scale must be > 0, got {self.fdmarl_reward_scale}")
         if self.fdmarl_actor_minibatch is not None and self.fdmarl_actor_minibatch < 1:
