@@ -31,7 +31,7 @@ from p2pmarl.algos.replay import ReplayBuffer, shared_indices
 from p2pmarl.envs.base import EnvSpec
 from p2pmarl.runtime.peers import PeerLink
 from p2pmarl.runtime.reliable import RELIABLE_FIELDS
-from p2pmarl.runtime.transport import MemoryHub
+from p2pmarl.runtime.transport import MemoryHub, MemoryTransport
 from p2pmarl.topology import topology_from_graph
 
 N, T, K = 3, 20, 4
@@ -185,13 +185,27 @@ def test_max_propagation_reaches_every_worker_in_diameter_rounds(graph):
 GENETIC = MADDPGConfig(hidden=(8,), batch_size=8, learning_starts=1)
 
 
-def _run_sync(graph, scores, dead=()):
+class LoseRound(MemoryTransport):
+    """Loses every copy of one worker's gossip message of one round to one neighbour."""
+
+    def __init__(self, hub: MemoryHub, agent: int, neighbours, lose: tuple[int, int, int]):
+        super().__init__(hub, agent, neighbours)
+        self.lose = lose  # (sender, receiver, round)
+
+    def send(self, receiver, kind, round, body):  # type: ignore[override]
+        if (self.agent_id, receiver, body.get("round")) == self.lose and kind == "critic_gossip":
+            return 0
+        return super().send(receiver, kind, round, body)
+
+
+def _run_sync(graph, scores, dead=(), lose=None, gossip_timeout=5.0):
     topology = topology_from_graph(graph)
     hub = MemoryHub()
     hub.down.update(dead)
-    workers = [GeneticMADDPG(w, "tag", 10, topology, GENETIC, GeneticConfig(gossip_timeout=5.0),
-                             seed=w) for w in graph]
-    links = [PeerLink(hub.transport(w, topology.neighbours(w)), iteration=0) for w in graph]
+    workers = [GeneticMADDPG(w, "tag", 10, topology, GENETIC,
+                             GeneticConfig(gossip_timeout=gossip_timeout), seed=w) for w in graph]
+    links = [PeerLink(LoseRound(hub, w, topology.neighbours(w), lose) if lose else
+                      hub.transport(w, topology.neighbours(w)), iteration=0) for w in graph]
     records: list[list[dict]] = [[] for _ in graph]
     for w, worker in enumerate(workers):
         worker.since_sync = [np.array([scores[w], 0.0, 0.0, 0.0])]
@@ -228,6 +242,21 @@ def test_gossip_sync_loads_the_true_best_critic_everywhere(graph):
     # actors never sync
     assert not torch.equal(workers[0].team.learners[0].actor[0].weight,
                            workers[1].team.learners[0].actor[0].weight)
+
+
+def test_a_round_missed_for_good_is_repaired_in_a_later_round():
+    """0 - 1 - 2 - 3, worker 1 the best; every copy of 1's round-0 message to 2 is lost, so 2's
+    round 0 gives up on it. Max-propagation forwards a critic once: without the repair 2 never
+    gets 1's critic. With it, 1 sees from 2's round-1 offer that 2 lacks what 1 held in round 0
+    and sends the critic again in round 2."""
+    graph = nx.path_graph(4)
+    scores = {0: 1.0, 1: 5.0, 2: -3.0, 3: 2.0}
+    workers, before, records, _ = _run_sync(graph, scores, lose=(1, 2, 0), gossip_timeout=1.0)
+    (record,) = records[2]
+    assert record["missed_rounds"] == 1 and not record["missed"]
+    assert record["winner"] == 1 and record["learned_at_round"] == 3 and record["loaded"]
+    assert np.array_equal(workers[2].critic_parameters(), before[1])
+    assert records[0][0]["winner"] == 1  # 0 hears 1 directly
 
 
 def test_worker_cut_off_by_a_dead_neighbour_misses_the_sync_and_keeps_its_critic():

@@ -288,12 +288,17 @@ class GeneticMADDPG(AgentAlgorithm):
         started = time.monotonic()
         own = Candidate(self.score(), self.worker_id, self.critic_parameters())
         best, heard, missed_rounds, bytes_sent, learned_at = own, 0, 0, 0, 0
+        held: list[Candidate] = []  # the best held at the start of each round
+        offers: dict[int, Mapping[str, Any]] = {}  # each neighbour's offer of the last round
         for round_ in range(self.rounds):
+            held.append(best)
             body: dict[str, Any] = {"sync": sync, "round": round_, "score": best.score,
                                     "worker": best.worker}
-            if learned_at == round_:  # news since the last round (round 0: the own candidate)
-                body["critic"] = best.critic
-            offers, sent = self._round(peers, GOSSIP, body, (sync, round_))
+            with_critic = {**body, "critic": best.critic}
+            fresh = learned_at == round_  # news since the last round (round 0: the own one)
+            bodies = {j: with_critic if fresh or self._missed_ours(offers, j, held, round_)
+                      else body for j in self.neighbours}
+            offers, sent = self._round(peers, GOSSIP, bodies, (sync, round_))
             bytes_sent += sent
             heard += len(offers)
             missed_rounds += len(offers) < len(self.neighbours)
@@ -305,8 +310,9 @@ class GeneticMADDPG(AgentAlgorithm):
                 winner = better(best, candidate)
                 if winner is not best:
                     best, learned_at = winner, round_ + 1
-        verdicts, sent = self._round(peers, AGREE, {"sync": sync, "winner": best.worker,
-                                                     "score": best.score}, (sync,))
+        verdict = {"sync": sync, "winner": best.worker, "score": best.score}
+        verdicts, sent = self._round(peers, AGREE, dict.fromkeys(self.neighbours, verdict),
+                                     (sync,))
         bytes_sent += sent
         agree = len(verdicts) == len(self.neighbours) and all(
             int(v["winner"]) == best.worker for v in verdicts.values()
@@ -329,15 +335,34 @@ class GeneticMADDPG(AgentAlgorithm):
                 "genetic/missed": float(missed), "genetic/neighbours_agree": float(agree),
                 "genetic/bytes_sent": float(bytes_sent)}
 
+    @staticmethod
+    def _missed_ours(
+        offers: Mapping[int, Mapping[str, Any]], j: int, held: Sequence[Candidate], round_: int
+    ) -> bool:
+        """Whether neighbour ``j`` may lack the critic of a candidate we sent earlier: we did not
+        hear it last round, or its offer then was worse than what we held two rounds ago (it
+        made that offer after our message of the round before reached it, or was lost). Max-
+        propagation forwards a critic once, so without this a round missed under load (the
+        reliable round gave up) is never repaired."""
+        if round_ < 2:
+            return round_ == 1 and j not in offers
+        offer = offers.get(j)
+        if offer is None:
+            return True
+        theirs = Candidate(float(offer["score"]), int(offer["worker"]), held[0].critic)
+        ours = held[round_ - 2]
+        return better(theirs, ours) is not theirs
+
     def _round(
-        self, peers: Peers, kind: str, body: Mapping[str, Any], key: tuple[int, ...]
+        self, peers: Peers, kind: str, bodies: Mapping[int, Mapping[str, Any]],
+        key: tuple[int, ...],
     ) -> tuple[dict[int, Mapping[str, Any]], int]:
-        """One reliable round (``Peers.exchange_round``) with the live neighbours: ``body`` to
-        each, each one's message of (kind, key) back, within ``gossip_timeout``; and the bytes
-        this worker sent in it."""
+        """One reliable round (``Peers.exchange_round``) with the live neighbours: ``bodies[j]``
+        to each neighbour j, each one's message of (kind, key) back, within
+        ``gossip_timeout``; and the bytes this worker sent in it."""
         down = peers.down()
         live = [j for j in self.neighbours if j not in down]
-        result = peers.exchange_round(kind, {j: body for j in live}, key,
+        result = peers.exchange_round(kind, {j: bodies[j] for j in live}, key,
                                       deadline=time.monotonic() + self.genetic.gossip_timeout)
         return {j: message.body for j, message in result.messages.items()}, result.bytes_sent
 
