@@ -109,19 +109,17 @@ class PeerLink:
 
     def loss(self, neighbour: int) -> float:
         """Estimated fraction of frames lost on the link with ``neighbour`` (measured by the
-        transport on the way in; 0 for a transport that does not measure it)."""
-        return getattr(self.transport, "inbound_loss", {}).get(neighbour, 0.0)
+        transport on the way in; 0 before its first frame)."""
+        return self.transport.inbound_loss.get(neighbour, 0.0)
 
     def copies_for(self, neighbour: int) -> int:
         """Copies of each reliable message to ``neighbour`` its link's loss calls for."""
         return self.redundancy.copies(self.loss(neighbour))
 
-    def _send_copies(
-        self, neighbour: int, kind: str, body: Mapping[str, Any], copies: int | None = None
-    ) -> int:
-        """Send ``body`` as ``copies`` identical copies (default: what the link's loss calls
-        for); returns the bytes of all of them."""
-        copies = self.copies_for(neighbour) if copies is None else copies
+    def _send_copies(self, neighbour: int, kind: str, body: Mapping[str, Any]) -> int:
+        """Send ``body`` as the identical copies the link's loss calls for; returns the bytes of
+        all of them."""
+        copies = self.copies_for(neighbour)
         self.reliability["extra_copies"] += copies - 1
         return sum(self.send(neighbour, kind, body) for _ in range(copies))
 
@@ -136,11 +134,10 @@ class PeerLink:
         exchange (a symmetric exchange answers the partner's message of its own kind)."""
         key = tuple(int(k) for k in key)
         full = {**body, "exchange": list(key), "attempt": 0, "echo": 0}
-        pending = Pending(neighbour, kind, full, key, self.timers.timer(neighbour, kind),
-                          copies=self.copies_for(neighbour))
+        pending = Pending(neighbour, kind, full, key, self.timers.timer(neighbour, kind))
         if answers:
             self.answers.put(neighbour, answers, key, kind, full)
-        pending.bytes_sent = self._send_copies(neighbour, kind, full, pending.copies)
+        pending.bytes_sent = self._send_copies(neighbour, kind, full)
         return pending
 
     def resend(self, pending: Pending) -> int:

@@ -254,16 +254,13 @@ class Pending:
     due: float = 0.0
     """Monotonic time of the next retransmission (or of giving up, after the last)."""
     bytes_sent: int = 0
-    """Bytes of the first copy on the wire."""
+    """Bytes of the first attempt on the wire (all its identical copies)."""
 
     wait: float = 0.0
     """Length (s) of the current wait: the RTO at first, backed off after timeouts."""
 
     extensions: int = 0
     """Waits added after the last retransmission because the neighbour was heard meanwhile."""
-
-    copies: int = 1
-    """Identical copies its first attempt went out as (:class:`Redundancy`)."""
 
     def __post_init__(self) -> None:
         self.wait = self.timer.rto
