@@ -48,6 +48,7 @@ _FLAG_HELP = {
     "aborted (adaptive waits; 0: fixed --admm-message-timeout waits)",
     "peer_max_copies": "most copies of each reliable peer message on a link measured lossy "
     "(1: never duplicate)",
+    "world_link": "world link on one host: unix (Unix socket) or zmq (ZeroMQ ipc://)",
     "env_kwargs": "JSON keyword arguments for an --env given as MODULE:FACTORY",
     "agent_order": "comma-separated agent names of an import-path env, in graph-node order",
     "tensorboard": "also write TensorBoard scalars to RUN_DIR/tensorboard/agent-I/",

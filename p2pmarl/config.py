@@ -95,6 +95,10 @@ class RunConfig:
     peer_max_copies: int = 4
     """Most identical copies of each reliable peer message on a link whose measured loss calls
     for them (``runtime/reliable.Redundancy``; 1: never duplicate)."""
+    world_link: str = "unix"
+    """Carrier of the world link in a run on one host: ``unix`` (a Unix-domain stream socket,
+    ``runtime/unix_frames.py``) or ``zmq`` (ZeroMQ ipc://, as before issue 15's session 23).
+    Runs over hosts or under Ray always use ZeroMQ over tcp:// (CURVE)."""
     # issue 16: PettingZoo envs by import path, TensorBoard
     env_kwargs: str | None = None
     """JSON object of keyword arguments for an ``env`` given by import path (``MODULE:FACTORY``);
@@ -247,6 +251,10 @@ class RunConfig:
                 f"env_backend must be one of {', '.join(ENV_BACKENDS)}, got {self.env_backend!r}"
             )
         # issue 14
+        if self.world_link not in WORLD_LINKS:
+            raise ValueError(
+                f"world_link must be one of {', '.join(WORLD_LINKS)}, got {self.world_link!r}"
+            )
         if self.peer_max_copies < 1:
             raise ConfigError(
                 f"peer_max_copies must be ≥ 1 (1: never duplicate), got {self.peer_max_copies}"
@@ -357,6 +365,8 @@ class RunConfig:
 FIELD_NAMES = tuple(f.name for f in fields(RunConfig))
 ENV_BACKENDS = ("batched", "mpe2")
 """Values of :attr:`RunConfig.env_backend` (issue 15)."""
+WORLD_LINKS = ("unix", "zmq")
+"""Values of :attr:`RunConfig.world_link` (issue 15)."""
 
 
 def _coerce(name: str, value: Any, source: str) -> Any:

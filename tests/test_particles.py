@@ -195,7 +195,8 @@ def test_observation_groups_are_runs_of_equal_sizes():
     assert observation_groups((16, 16, 16, 14)) == [(0, 3), (3, 4)]
 
 
-def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
+@pytest.mark.parametrize("scheme", ["unix", "ipc"])
+def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path, scheme):
     """Found at 128 agents: probing during the connect gather marked agents not connected yet
     as lost. The connect gather now sends no probes (``probe=False``), and a probe that fails
     for an agent never heard from does not count it lost either (issue 17): both gather it."""
@@ -211,11 +212,11 @@ def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
         client = WorldClient(endpoint, 0, context)
         client.send("ready", 0, {})
         time.sleep(0.5)
-        client._socket.close(linger=0)
+        client.close()
 
     for probe in (False, True):
         context = zmq.Context()
-        endpoint = f"ipc://{tmp_path}/world-{probe}.sock"
+        endpoint = f"{scheme}://{tmp_path}/world-{probe}.sock"
         server = WorldServer(endpoint, 1, context)
         thread = threading.Thread(target=late_ready, args=(endpoint, context))
         thread.start()
@@ -229,7 +230,8 @@ def test_connect_gather_does_not_lose_an_agent_that_connects_late(tmp_path):
         assert 0 not in server.lost, f"probe={probe}: the late agent was marked lost"
 
 
-def test_world_client_arrived_keeps_the_message_for_receive_and_skips_pings(tmp_path):
+@pytest.mark.parametrize("scheme", ["unix", "ipc"])
+def test_world_client_arrived_keeps_the_message_for_receive_and_skips_pings(tmp_path, scheme):
     """``WorldClient.arrived`` (the end of the runtime's post-phase linger) looks without
     waiting, ignores liveness pings, and keeps what it took for the next ``receive``."""
     import time
@@ -239,7 +241,7 @@ def test_world_client_arrived_keeps_the_message_for_receive_and_skips_pings(tmp_
     from p2pmarl.runtime.world_link import PING, WorldClient, WorldServer
 
     context = zmq.Context()
-    endpoint = f"ipc://{tmp_path}/world.sock"
+    endpoint = f"{scheme}://{tmp_path}/world.sock"
     server = WorldServer(endpoint, 1, context)
     client = WorldClient(endpoint, 0, context)
     try:

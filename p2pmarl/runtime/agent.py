@@ -224,7 +224,8 @@ class AgentProcess:
         self.peer_endpoints = {int(k): v for k, v in endpoints["agents"].items()}
         self.transport: Transport | None = None
         self.world = WorldClient(  # CURVE when the run is spread over hosts (issue 17)
-            endpoints["world"], agent_id, curve=load_world_client_keys(run_dir.root, agent_id)
+            endpoints["world"], agent_id, curve=load_world_client_keys(run_dir.root, agent_id),
+            connect_timeout=self.config.connect_timeout,
         )
         self.metrics = MetricsRecorder(run_dir.agent_metrics(agent_id))
         self.activations = MetricsRecorder(run_dir.agent_admm(agent_id))

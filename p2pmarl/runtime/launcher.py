@@ -123,7 +123,7 @@ def write_run_files(
     if socket_dir is None:
         return
     centralized = algorithm_class(config.algo).centralized
-    endpoints = endpoints_for(topology, socket_dir, centralized)
+    endpoints = endpoints_for(topology, socket_dir, centralized, config.world_link)
     write_json(run_dir.endpoints, endpoints)
     if any(address.startswith("tcp://") for address in endpoints["agents"].values()):
         write_curve_keys(run_dir.root, [int(agent) for agent in endpoints["agents"]])
@@ -147,8 +147,11 @@ def write_curve_keys(root: Path, agents: list[int]) -> None:
     write_json(public_keys_file(root), public)
 
 
-def endpoints_for(topology: Topology, socket_dir: Path, centralized: bool = False) -> dict:
-    """ipc:// sockets in a short temporary folder, or tcp:// where the topology has addresses.
+def endpoints_for(
+    topology: Topology, socket_dir: Path, centralized: bool = False, world_link: str = "unix"
+) -> dict:
+    """ipc:// sockets in a short temporary folder, or tcp:// where the topology has addresses;
+    the world's is a Unix socket there (``unix://``) unless ``world_link`` is ``zmq``.
 
     A centralized reference (C-TRPO) has a single learner process, id 0.
     """
@@ -160,7 +163,8 @@ def endpoints_for(topology: Topology, socket_dir: Path, centralized: bool = Fals
         else:
             agents[str(agent)] = f"ipc://{socket_dir}/agent-{agent}"
     return {
-        "world": f"ipc://{socket_dir}/world",
+        "world": f"unix://{socket_dir}/world.sock" if world_link == "unix"
+        else f"ipc://{socket_dir}/world",
         "agents": agents,
         "centralized": centralized,
         "n_env_agents": topology.n_agents,

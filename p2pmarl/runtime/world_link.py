@@ -1,6 +1,9 @@
 """The star-shaped link between the world process and the agents (not part of the peer graph).
 
-The world binds a ROUTER; each agent connects a DEALER whose identity is its agent id. Only
+Two carriers of the same messages: on one host (``unix://`` endpoints, the default) the world
+listens on a Unix-domain socket and each agent connects one stream (``unix_frames.py``); across
+hosts or under Ray (``ipc://``/``tcp://`` endpoints, or ``--world-link zmq``) the world binds a
+ZeroMQ ROUTER and each agent connects a DEALER whose identity is its agent id. Only
 observations, own rewards, done flags and joint actions go down; only actions and "ready" go up.
 """
 
@@ -27,6 +30,8 @@ from p2pmarl.runtime.transport import (
     identity_of,
     public_keys_file,
 )
+from p2pmarl.runtime.unix_frames import SCHEME as UNIX_SCHEME
+from p2pmarl.runtime.unix_frames import FrameClient, FrameServer, LinkClosed, socket_path
 
 logger = logging.getLogger(__name__)
 
@@ -115,24 +120,13 @@ class LinkTimeout(TimeoutError):
     """The other side of the world link did not answer in time."""
 
 
-class WorldServer:
-    """World side: one ROUTER socket that talks to every agent."""
+class _RouterFrames:
+    """ZeroMQ carrier of the world's side: one ROUTER socket (ipc://, or tcp:// with CURVE)."""
 
-    def __init__(
-        self, endpoint: str, n_agents: int, context: zmq.Context | None = None,
-        curve: CurveKeys | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str, context: zmq.Context | None, curve: CurveKeys | None
+                 ) -> None:
         """With ``curve`` (tcp:// across hosts) the socket is a CURVE server that admits only
         the agents' public keys (``curve.neighbours``)."""
-        self.n_agents = n_agents
-        self.rejected: Counter[str] = Counter()
-        self.lost: set[int] = set()
-        """Agents found unreachable (their process is gone); the world decides what follows."""
-        self.seen: set[int] = set()
-        """Agents heard from at least once. One not yet heard from is not lost when a send to it
-        fails, only not connected yet (its host may start later): the first gather's timeout
-        decides about it."""
-        self._held: dict[int, deque[Message]] = {}
         context = context or zmq.Context.instance()
         self._authenticator: ThreadAuthenticator | None = None
         self._socket = context.socket(zmq.ROUTER)
@@ -151,20 +145,71 @@ class WorldServer:
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
 
+    def send(self, identity: bytes, frame: bytes) -> bool:
+        try:
+            self._socket.send_multipart([identity, frame], zmq.NOBLOCK)
+        except (zmq.Again, zmq.ZMQError):
+            return False
+        return True
+
+    def receive(self, timeout: float) -> list[bytes] | None:
+        return _receive_frames(self._socket, self._poller, timeout, multipart=True)
+
+    def take_closed(self) -> set[bytes]:
+        """ZeroMQ does not tell: a gone agent is found when a send to it fails (probes)."""
+        return set()
+
+    def close(self, linger: float) -> None:
+        self._socket.close(linger=int(linger * 1000))
+        if self._authenticator is not None:
+            self._authenticator.stop()
+            self._authenticator = None
+
+
+class WorldServer:
+    """World side: talks to every agent over one carrier (``unix://``: a Unix socket; else a
+    ZeroMQ ROUTER)."""
+
+    def __init__(
+        self, endpoint: str, n_agents: int, context: zmq.Context | None = None,
+        curve: CurveKeys | None = None,
+    ) -> None:
+        """With ``curve`` (tcp:// across hosts) the world admits only the agents' public keys
+        (``curve.neighbours``); a ``unix://`` endpoint takes no keys (one host only)."""
+        self.n_agents = n_agents
+        self.rejected: Counter[str] = Counter()
+        self.lost: set[int] = set()
+        """Agents found unreachable (their process is gone); the world decides what follows."""
+        self.seen: set[int] = set()
+        """Agents heard from at least once. One not yet heard from is not lost when a send to it
+        fails, only not connected yet (its host may start later): the first gather's timeout
+        decides about it."""
+        self._held: dict[int, deque[Message]] = {}
+        if endpoint.startswith(UNIX_SCHEME):
+            if curve is not None:
+                raise ValueError("a unix:// world link is local; CURVE keys need tcp://")
+            self._frames: _RouterFrames | FrameServer = FrameServer(
+                socket_path(endpoint), self._reject
+            )
+        else:
+            self._frames = _RouterFrames(endpoint, context, curve)
+
     def send(self, agent: int, kind: str, round: int, body: Mapping[str, Any]) -> bool:
         """Send to one agent; False if the agent is not connected (yet, or any more)."""
         frame = encode(Message(kind, WORLD, agent, round, 0, body))
-        try:
-            self._socket.send_multipart([identity_of(agent), frame], zmq.NOBLOCK)
-        except (zmq.Again, zmq.ZMQError):
-            self.rejected["agent_unreachable"] += 1
-            if agent not in self.seen:
-                return False
-            if agent not in self.lost:
-                logger.warning("world: agent %d is unreachable", agent)
-            self.lost.add(agent)
-            return False
-        return True
+        if self._frames.send(identity_of(agent), frame):
+            return True
+        self.rejected["agent_unreachable"] += 1
+        self._unreachable(agent)
+        return False
+
+    def _unreachable(self, agent: int) -> None:
+        """A send to ``agent`` failed, or its connection closed: lost, if it was ever seen."""
+        if agent not in self.seen:
+            return
+        if agent not in self.lost:
+            logger.warning("world: agent %d is unreachable", agent)
+        self.lost.add(agent)
 
     def gather(
         self,
@@ -204,6 +249,7 @@ class WorldServer:
                     f"world: no {kind!r} from agents {sorted(waiting)} within {timeout:.0f} s"
                 )
             message = self._receive(min(remaining, next_probe - now))
+            waiting -= self.lost  # a closed unix:// connection is known at once
             if message is None:
                 continue
             if message.kind == REJOIN:
@@ -261,7 +307,11 @@ class WorldServer:
         waiting.discard(message.sender)
 
     def _receive(self, timeout: float) -> Message | None:
-        parts = _receive_frames(self._socket, self._poller, timeout, multipart=True)
+        parts = self._frames.receive(timeout)
+        for identity in self._frames.take_closed():
+            agent = agent_of(identity)
+            if agent is not None:
+                self._unreachable(agent)
         if parts is None:
             return None
         if len(parts) != 2:
@@ -283,25 +333,18 @@ class WorldServer:
 
     def close(self) -> None:
         """Close after queued frames (the final ``stop``s) are delivered, for up to a second."""
-        self._socket.close(linger=CLOSE_LINGER_MS)
-        if self._authenticator is not None:
-            self._authenticator.stop()
-            self._authenticator = None
+        self._frames.close(CLOSE_LINGER_MS / 1000)
 
 
-class WorldClient:
-    """Agent side of the world link."""
+class _DealerFrames:
+    """ZeroMQ carrier of an agent's side: one DEALER socket whose identity is the agent's."""
 
-    def __init__(
-        self, endpoint: str, agent_id: int, context: zmq.Context | None = None,
-        curve: CurveKeys | None = None,
-    ) -> None:
+    def __init__(self, endpoint: str, identity: bytes, context: zmq.Context | None,
+                 curve: CurveKeys | None) -> None:
         """With ``curve``: a CURVE client of the world (server key ``curve.neighbours[WORLD]``)."""
-        self.agent_id = agent_id
-        self.rejected: Counter[str] = Counter()
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.IDENTITY, identity_of(agent_id))
+        self._socket.setsockopt(zmq.IDENTITY, identity)
         if curve is not None:
             self._socket.curve_secretkey = curve.secret
             self._socket.curve_publickey = curve.public
@@ -309,11 +352,44 @@ class WorldClient:
         self._socket.connect(endpoint)
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
+
+    def send(self, frame: bytes) -> None:
+        self._socket.send(frame)
+
+    def receive(self, timeout: float) -> bytes | None:
+        return _receive_frames(self._socket, self._poller, timeout)
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+
+
+class WorldClient:
+    """Agent side of the world link."""
+
+    def __init__(
+        self, endpoint: str, agent_id: int, context: zmq.Context | None = None,
+        curve: CurveKeys | None = None, connect_timeout: float = 60.0,
+    ) -> None:
+        """``unix://``: a stream to the world's socket, connected at the first use within
+        ``connect_timeout`` seconds; else a ZeroMQ DEALER (with ``curve``: a CURVE client)."""
+        self.agent_id = agent_id
+        self.rejected: Counter[str] = Counter()
+        if endpoint.startswith(UNIX_SCHEME):
+            if curve is not None:
+                raise ValueError("a unix:// world link is local; CURVE keys need tcp://")
+            self._frames: _DealerFrames | FrameClient = FrameClient(
+                socket_path(endpoint), identity_of(agent_id), connect_timeout
+            )
+        else:
+            self._frames = _DealerFrames(endpoint, identity_of(agent_id), context, curve)
         self._early: Message | None = None
         """A world message taken by :meth:`arrived` and not yet handed out by :meth:`receive`."""
 
     def send(self, kind: str, round: int, body: Mapping[str, Any]) -> None:
-        self._socket.send(encode(Message(kind, self.agent_id, WORLD, round, 0, body)))
+        try:
+            self._frames.send(encode(Message(kind, self.agent_id, WORLD, round, 0, body)))
+        except (LinkClosed, TimeoutError) as error:
+            raise LinkTimeout(f"agent {self.agent_id}: {error}") from error
 
     def arrived(self) -> bool:
         """Whether a world message (not a liveness ping) has arrived, without waiting; it is
@@ -321,7 +397,10 @@ class WorldClient:
         message (the next step, or ``stop``) means every live agent has sent its ``ready``, i.e.
         finished its peer phase: the runtime's end-of-phase linger stops there."""
         if self._early is None:
-            self._early = self._next(0.0)
+            try:
+                self._early = self._next(0.0)
+            except LinkTimeout:  # the world is gone: nothing to linger for; receive raises
+                return True
         return self._early is not None
 
     def receive(self, kinds: frozenset[str], timeout: float) -> Message:
@@ -345,9 +424,10 @@ class WorldClient:
         already queued), or None."""
         deadline = time.monotonic() + timeout
         while True:
-            frame = _receive_frames(
-                self._socket, self._poller, max(deadline - time.monotonic(), 0.0)
-            )
+            try:
+                frame = self._frames.receive(max(deadline - time.monotonic(), 0.0))
+            except (LinkClosed, TimeoutError) as error:
+                raise LinkTimeout(f"agent {self.agent_id}: {error}") from error
             if frame is None:
                 return None
             try:
@@ -365,4 +445,4 @@ class WorldClient:
                 return message
 
     def close(self) -> None:
-        self._socket.close(linger=0)
+        self._frames.close()
