@@ -71,7 +71,8 @@ def single_process(steps: int, seed: int, settings: dict[str, Any] | None = None
 
 
 def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path,
-             settings: dict[str, Any] | None = None, n_envs: int = N_ENVS) -> dict[str, Any]:
+             settings: dict[str, Any] | None = None, n_envs: int = N_ENVS,
+             world_link: str = "unix") -> dict[str, Any]:
     """A real run; throughput = env steps of all learners / the slowest learner's training time
     (sum of its iteration times: start-up excluded, as for the single-process loop)."""
     settings = settings or {}
@@ -83,7 +84,7 @@ def launched(algo: str, topology_name: str, steps: int, seed: int, out: Path,
         topology=topology(topology_name), env="tag", algo=algo,
         iterations=steps // STEPS_PER_ITERATION, steps_per_iteration=STEPS_PER_ITERATION,
         n_envs=n_envs, episode_length=EPISODE_LENGTH, seed=seed, out=str(out / "runs"),
-        checkpoint_every=10**6, maddpg_actor_lr=settings.get("actor_lr"),
+        checkpoint_every=10**6, world_link=world_link, maddpg_actor_lr=settings.get("actor_lr"),
         maddpg_critic_lr=settings.get("critic_lr"), maddpg_batch_size=settings.get("batch_size"),
     ).validate()
     started, children = time.monotonic(), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -153,13 +154,16 @@ def single_in_own_session(steps: int, seed: int, n_envs: int = N_ENVS) -> dict[s
 
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     single = single_in_own_session(args.steps, seed=0, n_envs=args.n_envs)
-    maddpg = launched("maddpg", "complete4", args.steps, 0, args.out, n_envs=args.n_envs)
-    genetic = launched("genetic-maddpg", "ring4", args.steps, 0, args.out, n_envs=args.n_envs)
+    maddpg = launched("maddpg", "complete4", args.steps, 0, args.out, n_envs=args.n_envs,
+                      world_link=args.world_link)
+    genetic = launched("genetic-maddpg", "ring4", args.steps, 0, args.out, n_envs=args.n_envs,
+                       world_link=args.world_link)
     for result in (single, maddpg, genetic):
         for key in ("curve", "curves", "prey_curves"):
             result.pop(key, None)
     return {
         "status": "ok", "load_average": load_average(), "n_envs": args.n_envs,
+        "world_link": args.world_link,
         "single": single, "maddpg": maddpg,
         "genetic4": genetic,
         "ratio_agent_per_process": maddpg["steps_per_second"] / single["steps_per_second"],
@@ -296,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="curves: the original MADDPG code's lr 1e-2 and batch 1024")
     parser.add_argument("--n-envs", type=int, default=N_ENVS,
                         help="speed: env copies per learner (default 8)")
+    parser.add_argument("--world-link", choices=("unix", "zmq"), default="unix",
+                        help="speed: the launched runs' world link (default unix)")
     parser.add_argument("--results", nargs="+", help="plot: curves result files to merge")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
                         help="curves: which variants to run (default all three)")

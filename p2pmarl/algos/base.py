@@ -221,6 +221,16 @@ class AgentAlgorithm(ABC):
     record: Callable[[dict[str, Any]], None] | None = None
     """Sink for per-event records of the peer phase (the runtime writes them to admm.jsonl)."""
 
+    @property
+    def draws_row_by_row(self) -> bool:
+        """True when :meth:`act` draws its random numbers with one generator call per call,
+        filled row after row, so that one call on all K copies draws exactly what a call per
+        chunk of rows draws (``world_link.acting_chunks``). The rollout then acts once per
+        step instead of once per chunk, with identical numbers. Default False: a variant that
+        draws several kinds of numbers per call (C-TRPO's joint heads) or acts with
+        :meth:`act_in_phase` keeps acting per chunk, the order its seeded numbers follow."""
+        return False
+
     @classmethod
     def from_run_config(
         cls, agent_id: int, spec: EnvSpec, topology: Topology, config: RunConfig, seed: int

@@ -60,6 +60,11 @@ class CTRPO(TrustRegionAgent):
         )
         return cls(spec, settings, seed)
 
+    @property
+    def draws_row_by_row(self) -> bool:
+        """False: one generator call per head per :meth:`act`."""
+        return False
+
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Joint action (K, W): one draw from every head (W = N for Discrete heads)."""
         heads = range(self.policy.n_heads)

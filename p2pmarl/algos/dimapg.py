@@ -404,6 +404,11 @@ class DiMAPG(AgentAlgorithm):
         )
 
     # -- acting -----------------------------------------------------------------------------------
+    @property
+    def draws_row_by_row(self) -> bool:
+        """True for :meth:`act` (one Gumbel draw); phases with copy groups act per chunk."""
+        return True
+
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Own actions with the shared θ."""
         return sample_actions(self.policy, observations, 0, self.rng, deterministic)

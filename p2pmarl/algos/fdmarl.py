@@ -353,6 +353,11 @@ class FDMARL(AgentAlgorithm):
         )
         return cls(agent_id, spec, topology, settings, seed)
 
+    @property
+    def draws_row_by_row(self) -> bool:
+        """True: one Gumbel draw per :meth:`act` (:func:`sample_actions`)."""
+        return True
+
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Own actions a^i ~ π^i(·|o^i), int64 (K,)."""
         return sample_actions(self.policy, observations, 0, self.rng, deterministic)

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from p2pmarl.algos.adam import Adam
 from p2pmarl.algos.base import AgentAlgorithm, Batch
-from p2pmarl.algos.networks import ValueNet, make_policy, sample_head
+from p2pmarl.algos.networks import ValueNet, draws_once_per_call, make_policy, sample_head
 from p2pmarl.algos.trpo import (
     ADVANTAGE_NORMALIZATIONS,
     OnPolicyData,
@@ -135,6 +135,11 @@ class TrustRegionAgent(AgentAlgorithm):
         self.policy = make_policy(observation_size, heads, config.hidden)
         self.value_net = ValueNet(observation_size, config.hidden)
         self.value_optimizer = Adam(self.value_net.parameters(), lr=config.value_lr)
+
+    @property
+    def draws_row_by_row(self) -> bool:
+        """One generator call per :meth:`act` unless the acting head is MultiDiscrete."""
+        return draws_once_per_call(self.policy, self.acting_head)
 
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         """Own actions a^i ~ π^i(·|o^i) from the acting head: (K,) for a one-number action

@@ -361,6 +361,11 @@ class MADDPG(AgentAlgorithm):
         return cls(agent_id, spec, topology.neighbours(agent_id), maddpg_config(config), seed,
                    shared_seed=config.seed)
 
+    @property
+    def draws_row_by_row(self) -> bool:
+        """True: one Gumbel draw per :meth:`act`."""
+        return True
+
     def act(self, observations: np.ndarray, deterministic: bool = False) -> np.ndarray:
         return self.learner.act(observations, None if deterministic else self.rng)
 

@@ -406,6 +406,15 @@ def make_policy(
     return ProductPolicy(observation_size, heads, hidden)
 
 
+def draws_once_per_call(policy: Policy, head: int) -> bool:
+    """Whether :func:`sample_head` for ``head`` makes a single generator call (Gumbel noise
+    for one categorical, or normal noise for one Box), whose numbers fill the rows in order."""
+    if isinstance(policy, CategoricalPolicy):
+        return True
+    space = policy.heads[head]
+    return space.is_box or sum(1 for c in policy.categorical if c[0] == head) == 1
+
+
 def sample_head(
     policy: Policy,
     observations: np.ndarray,

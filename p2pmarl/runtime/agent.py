@@ -115,8 +115,10 @@ class Rollout:
         joint_actions = np.empty((T, K, W), dtype=action_dtype)
         rewards = np.empty((T, K), dtype=np.float32)
         dones = np.empty((T, K), dtype=bool)
-        chunks = acting_chunks(K)
         rows = range(K)
+        # one act call per step where it draws the same numbers (AgentAlgorithm.draws_row_by_row)
+        one_call = layout is None and algorithm.draws_row_by_row
+        chunks = [rows] if one_call else acting_chunks(K)
         message = first
         for t in range(T + 1):
             if message is None:
