@@ -95,6 +95,7 @@ class Rollout:
             sum(spec.observation_sizes) if centralized else spec.observation_sizes[agent_id]
         )
         self.tracker = EpisodeTracker(config.n_envs, spec.n_agents if centralized else 1)
+        self._wire_dtype = spec.action_dtype.newbyteorder("<").str
 
     def collect(
         self,
@@ -172,8 +173,7 @@ class Rollout:
         self, message: Message, K: int
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         N, W = self.spec.n_agents, self.spec.joint_action_width
-        dtype = self.spec.action_dtype.newbyteorder("<").str
-        joint = require_array(message.body, "joint_action", shape=(K, W), dtype=dtype)
+        joint = require_array(message.body, "joint_action", shape=(K, W), dtype=self._wire_dtype)
         reward_shape = (K, N) if self.centralized else (K,)
         reward = require_array(message.body, "reward", shape=reward_shape, dtype="<f4")
         done = require_array(message.body, "done", shape=(K,), dtype="|b1")

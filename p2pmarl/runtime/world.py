@@ -138,6 +138,12 @@ class World:
         self._lost_at: dict[int, int] = {}
         self.iteration = 0
         self.step = 0
+        spec = self.vector.spec
+        self._columns = [spec.action_columns(agent) for agent in range(n_agents)]
+        self._wire_dtype = spec.action_dtype.newbyteorder("<").str
+        self._fallback = spec.fallback_joint_action(config.n_envs)
+        """Per-step constants of the action checks, computed once (issue 15: the world's own
+        work per step is on the rollout's critical path)."""
         self.paces_only = algorithm_class(config.algo).owns_environment
         """Learners step their own env copies (``AgentAlgorithm.owns_environment``): the world
         steps nothing and only holds every iteration's ``ready`` barrier."""
@@ -268,10 +274,9 @@ class World:
                 )
         if self.centralized:
             return self._check_actions(range(self.n_agents), n_rows, replies[0])
-        spec = self.vector.spec
-        joint = spec.fallback_joint_action(n_rows)  # FALLBACK_ACTION for who did not answer
+        joint = self._fallback[:n_rows].copy()  # FALLBACK_ACTION for who did not answer
         for agent, message in replies.items():
-            joint[:, spec.action_columns(agent)] = self._check_actions([agent], n_rows, message)
+            joint[:, self._columns[agent]] = self._check_actions([agent], n_rows, message)
         return joint
 
     def _check_actions(
@@ -285,8 +290,7 @@ class World:
         spec = self.vector.spec
         width = sum(spec.action_spaces[a].width for a in agents)
         shape = (n_rows, width) if self.centralized or width > 1 else (n_rows,)
-        dtype = spec.action_dtype.newbyteorder("<").str
-        actions = require_array(message.body, "actions", shape=shape, dtype=dtype)
+        actions = require_array(message.body, "actions", shape=shape, dtype=self._wire_dtype)
         actions = actions.reshape(n_rows, width)
         start = 0
         for agent in agents:
