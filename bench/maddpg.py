@@ -1,7 +1,9 @@
 """MADDPG on ``tag``: agent-per-process vs the single-process loop vs Genetic MADDPG (4 workers).
 
 ``speed``: env steps per second of the three, measured back to back (ratios are what count on a
-shared machine). ``curves``: predator return vs env steps (per worker for the genetic variant)
+shared machine), plus two single-process loops at once (what the machine's 2 vCPUs give two
+CPU-bound processes: the ceiling of the genetic workers' speed-up); ``--world-link`` picks the
+launched runs' world link (unix, the default, or zmq). ``curves``: predator return vs env steps (per worker for the genetic variant)
 for a few seeds, and a plot. Usage::
 
     python -m bench.maddpg speed --steps 10000
@@ -23,6 +25,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +155,20 @@ def single_in_own_session(steps: int, seed: int, n_envs: int = N_ENVS) -> dict[s
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def concurrent_singles(copies: int, steps: int, n_envs: int) -> dict[str, Any]:
+    """``copies`` independent single-process loops at once (seeds 0, 1, ...): their summed
+    throughput is what this machine's cores give to that many CPU-bound processes, the ceiling
+    of the genetic workers' speed-up (the hypervisor's vCPUs need not be whole cores)."""
+    with ThreadPoolExecutor(copies) as pool:
+        runs = list(pool.map(lambda seed: single_in_own_session(steps, seed, n_envs),
+                             range(copies)))
+    return {"copies": copies, "steps_per_second": sum(r["steps_per_second"] for r in runs),
+            "each": [round(r["steps_per_second"], 1) for r in runs]}
+
+
 def speed(args: argparse.Namespace) -> dict[str, Any]:
     single = single_in_own_session(args.steps, seed=0, n_envs=args.n_envs)
+    two = concurrent_singles(2, args.steps, args.n_envs)
     maddpg = launched("maddpg", "complete4", args.steps, 0, args.out, n_envs=args.n_envs,
                       world_link=args.world_link)
     genetic = launched("genetic-maddpg", "ring4", args.steps, 0, args.out, n_envs=args.n_envs,
@@ -164,12 +179,13 @@ def speed(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "status": "ok", "load_average": load_average(), "n_envs": args.n_envs,
         "world_link": args.world_link,
-        "single": single, "maddpg": maddpg,
+        "single": single, "two_singles_at_once": two, "maddpg": maddpg,
         "genetic4": genetic,
         "ratio_agent_per_process": maddpg["steps_per_second"] / single["steps_per_second"],
         "ratio_agent_per_process_with_startup":
             maddpg["steps_per_second_with_startup"] / single["steps_per_second"],
         "ratio_genetic4_over_one": genetic["steps_per_second"] / single["steps_per_second"],
+        "ratio_two_singles_at_once_over_one": two["steps_per_second"] / single["steps_per_second"],
         "ratio_genetic4_over_one_with_startup":
             genetic["steps_per_second_with_startup"] / single["steps_per_second"],
         "cpu_per_step_agent_per_process_over_single":
