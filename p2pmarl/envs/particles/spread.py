@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from p2pmarl.envs.particles.base import ParticleWorld
-from p2pmarl.envs.particles.physics import DEFAULT_SENSITIVITY, Bodies, pairwise_distances
+from p2pmarl.envs.particles.base import Block, ParticleWorld
+from p2pmarl.envs.particles.physics import DEFAULT_SENSITIVITY, Bodies
 from p2pmarl.envs.spread import LOCAL_RATIO, others_index, spread_spec
 
 AGENT_SIZE = 0.15
@@ -34,36 +34,44 @@ class BatchedSpread(ParticleWorld):
         )
         super().__init__(spread_spec(n, episode_length, name), n_copies, 2 * n, bodies)
         self.shared = shared
-        self._others_flat = (np.arange(n)[:, None] * n + others_index(n)).ravel()
-        self._off_diagonal = ~np.eye(n, dtype=bool)
+        self._contact_distance = np.where(
+            np.eye(n, dtype=bool), 0.0, self.bodies.contact_distance
+        )[:, :, None]
+        """(N, N, 1) ``s_i + s_j``, 0 for i = j (``d < 0`` never holds: no self contact)."""
+        self._observation_index = self._gather_index()
 
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
         self.positions[k] = generator.uniform(-1, +1, (2 * self.spec.n_agents, 2))
 
-    def _rewards(self, rows: slice) -> np.ndarray:
+    def _rewards(self, block: Block) -> np.ndarray:
         n = self.spec.n_agents
-        agents = self.positions[rows, :n]
-        landmarks = self.positions[rows, n:]
-        coverage = pairwise_distances(agents, landmarks).min(axis=1).sum(axis=1)
-        contacts = self.distance[rows] < self.bodies.contact_distance
-        contacts &= self._off_diagonal
+        distance = block.distance  # (N agents, E entities, R)
+        # sum over the landmarks, in order, of the closest agent's distance (mpe2's loop)
+        coverage = np.add.reduce(np.minimum.reduce(distance[:, n:], axis=0), axis=0)
+        contacts = np.less(distance[:, :n], self._contact_distance)  # (N, N, R), not oneself
         if self.shared:  # mpe2: (1 - r)·global + r·local, local = -#contacts
-            local = -contacts.sum(axis=2).astype(np.float64)
-            rewards = (1.0 - LOCAL_RATIO) * -coverage[:, None] + LOCAL_RATIO * local
+            local = -np.add.reduce(contacts, axis=1, dtype=np.float64)
+            rewards = (1.0 - LOCAL_RATIO) * -coverage + LOCAL_RATIO * local
         else:  # Table I: agent 0 also sees coverage; everybody -1[collision]
-            rewards = np.where(contacts.any(axis=2), -1.0, 0.0)
-            rewards[:, 0] -= coverage
-        return rewards.astype(np.float32)
+            rewards = np.subtract(0.0, np.logical_or.reduce(contacts, axis=1))  # -1 or +0
+            rewards[0] -= coverage
+        return np.ascontiguousarray(rewards.T, dtype=np.float32)  # (R, N), a fresh array
 
-    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
-        n = self.spec.n_agents
-        positions = self.positions[rows]
-        agents = positions[:, :n]
-        r = agents.shape[0]
-        out = blocks[0]  # (R, N, 6N); the comm block is never written: 0 (silent agents)
-        out[:, :, 0:2] = self.velocities[rows, :n]
-        out[:, :, 2:4] = agents
-        relative_landmarks = positions[:, None, n:, :] - agents[:, :, None, :]
-        out[:, :, 4 : 4 + 2 * n] = relative_landmarks.reshape(r, n, 2 * n)
-        relative = self.delta[rows].reshape(r, n * n, 2)  # [r, i·n + j] = p_j - p_i
-        out[:, :, 4 + 2 * n : 2 + 4 * n] = relative[:, self._others_flat].reshape(r, n, -1)
+    def _observe(self, block: Block) -> None:
+        """mpe2's ``[v_i, p_i, landmarks - p_i, others - p_i, comm]``: one gather of the state
+        rows (:attr:`_observation_index`) for every agent and copy, cast to float32."""
+        np.take(block.state, self._observation_index, axis=0, out=block.observations[0])
+
+    def _gather_index(self) -> np.ndarray:
+        """(N, 6N) state rows of each agent's observation (:class:`StateLayout`)."""
+        n, layout = self.spec.n_agents, self._layout
+        index = []
+        for i in range(n):
+            rows = layout.velocity(i) + layout.position(i)
+            for landmark in range(n, 2 * n):
+                rows += layout.relative_position(i, landmark)
+            for other in others_index(n)[i]:
+                rows += layout.relative_position(i, int(other))
+            rows += [layout.zero] * (2 * (n - 1))  # silent agents: comm channels stay 0
+            index.append(rows)
+        return np.array(index)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from p2pmarl.envs.particles.base import ParticleWorld
+from p2pmarl.envs.particles.base import Block, ParticleWorld
 from p2pmarl.envs.particles.physics import Bodies
 from p2pmarl.envs.spread import others_index
 from p2pmarl.envs.tag import CATCH_REWARD, N_GOOD, N_OBSTACLES, tag_spec
@@ -53,7 +53,8 @@ class BatchedTag(ParticleWorld):
         self.positions[k, :n] = generator.uniform(-1, +1, (n, 2))
         self.positions[k, n:] = generator.uniform(-0.9, +0.9, (N_OBSTACLES, 2))
 
-    def _rewards(self, rows: slice) -> np.ndarray:
+    def _rewards(self, block: Block) -> np.ndarray:
+        rows = block.rows
         n, a = self.spec.n_agents, self.n_adversaries
         prey = self.positions[rows, a:n]
         contact = self.bodies.contact_distance[a:n, :a]
@@ -63,7 +64,8 @@ class BatchedTag(ParticleWorld):
         rewards[:, a:] = -CATCH_REWARD * caught - boundary_penalty(prey)
         return rewards.astype(np.float32)
 
-    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
+    def _observe(self, block: Block) -> None:
+        rows = block.rows
         n, a = self.spec.n_agents, self.n_adversaries
         positions = self.positions[rows]
         agents, velocities = positions[:, :n], self.velocities[rows, :n]
@@ -77,5 +79,5 @@ class BatchedTag(ParticleWorld):
             [common[:, :a], np.broadcast_to(prey_velocity, (r, a, prey_velocity.shape[2]))],
             axis=2,
         )
-        blocks[0][...] = adversaries
-        blocks[1][...] = common[:, a:]
+        block.observation_rows[0][...] = adversaries
+        block.observation_rows[1][...] = common[:, a:]
