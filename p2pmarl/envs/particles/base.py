@@ -27,6 +27,7 @@ from p2pmarl.envs.base import EnvSpec
 from p2pmarl.envs.particles.physics import (
     Bodies,
     PhysicsConstants,
+    Workspace,
     integrate,
     measure,
     total_forces,
@@ -70,23 +71,19 @@ class Block:
     """
 
     def __init__(self, world: ParticleWorld, rows: slice) -> None:
-        n = world.bodies.n_agents
         self.rows = rows
         self.n_rows = rows.stop - rows.start
+        self.space = Workspace(
+            world._positions[..., rows],
+            world._velocities[..., rows],
+            world._relative[..., rows],
+            world._distance[..., rows],
+            world.bodies,
+        )
+        self.distance = self.space.distance
+        """(N, E, R) ``|p_e - p_i|`` of agent i and entity e (:func:`measure`)."""
         self.state = world._state[:, rows]
-        self.positions = world._positions[..., rows]
-        """(E, 2, R) every entity's position."""
-        self.agent_positions = self.positions[:n]
-        self.agent_velocities = world._velocities[:n, :, rows]
-        self.relative = world._relative[..., rows]
-        """(N, E, 2, R) ``p_e - p_i`` (:func:`measure`)."""
-        self.square = world._square[..., rows]
-        self.distance = world._distance[..., rows]
-        """(N, E, R) ``|p_e - p_i|``."""
-        self.terms = world._terms[..., rows]
-        self.force = world._force[..., rows]
-        self.contact_scratch = (world._penetration[..., rows], world._divisor[..., rows])
-        self.motion = world._motion[..., rows]
+        """(L, R) the state rows of :class:`StateLayout`."""
         self.steps = world.steps[rows]
         self.observations = [stored[..., rows] for stored in world._observations]
         """Per run of agents with equal observation sizes: (n_g, d_g, R) float32."""
@@ -125,19 +122,13 @@ class ParticleWorld(ABC):
         self.n_copies = n_copies
         self.bodies = bodies
         self.constants = constants or PhysicsConstants()
-        k, e, n, c = n_copies, n_entities, bodies.n_agents, bodies.n_colliders
+        k, e, n = n_copies, n_entities, bodies.n_agents
         self._layout = StateLayout(n, e)
         self._state = np.zeros((self._layout.size, k))
         self._positions = self._state[self._layout.positions].reshape(e, 2, k)
         self._velocities = self._state[self._layout.velocities].reshape(e, 2, k)
         self._relative = self._state[self._layout.relative].reshape(n, e, 2, k)
-        self._square = np.zeros((n, e, 2, k))
         self._distance = np.zeros((n, e, k))
-        self._terms = np.zeros((n, 1 + c, 2, k))
-        self._force = np.zeros((n, 2, k))
-        self._penetration = np.zeros((n, c, k))
-        self._divisor = np.zeros((n, c, k))
-        self._motion = np.zeros((n, 2, k))
         self.positions = self._positions.transpose(2, 0, 1)
         """(K, E, 2) positions, entities in mpe2's order: agents then landmarks."""
         self.velocities = self._velocities.transpose(2, 0, 1)
@@ -205,27 +196,14 @@ class ParticleWorld(ABC):
             raise RuntimeError(f"{self.spec.name}: call reset(seeds) before step()")
         block = self._block(rows)
         actions = self._check_actions(actions, block.n_rows)
-        colliding = self.bodies.n_colliders >= 2
-        total_forces(
-            actions,
-            block.relative if colliding else None,
-            block.distance if colliding else None,
-            self.bodies,
-            self.constants,
-            block.terms,
-            block.force,
-            block.contact_scratch,
-        )
-        integrate(
-            block.agent_positions, block.agent_velocities, block.force, self.bodies,
-            self.constants, block.motion,
-        )
+        total_forces(actions, block.space, self.bodies, self.constants)
+        integrate(block.space, self.bodies, self.constants)
         self._measure(block)
         self._after_physics(block.rows)
         rewards = self._rewards(block)
         block.steps += 1
         dones = block.steps >= self.spec.episode_length
-        if dones.any():
+        if np.count_nonzero(dones):  # any copy done (cheaper than dones.any())
             self._reset_copies(block.rows.start + np.flatnonzero(dones))
             self._measure(block)
         self._observe(block)
@@ -259,8 +237,8 @@ class ParticleWorld(ABC):
             self._reset_copy(k, generator)
 
     def _measure(self, block: Block) -> None:
-        if self.bodies.n_colliders >= 2:
-            measure(block.positions, block.relative, block.square, block.distance)
+        if block.space.colliding:
+            measure(block.space)
 
     def _check_actions(self, actions: np.ndarray, n_rows: int) -> np.ndarray:
         actions = np.asarray(actions)

@@ -106,96 +106,110 @@ class Bodies:
         return bool(np.isfinite(self.max_speed).any())
 
 
+class Workspace:
+    """Views and scratch buffers of one block of R copies for a physics step, sliced once
+    (issue 15: at K = 10 the step is a few dozen numpy calls, so every slice counts).
+
+    ``positions`` and ``velocities`` are (E, 2, R) views of the world state, ``relative``
+    (N, E, 2, R) and ``distance`` (N, E, R) views of its geometry (:func:`measure`).
+    """
+
+    def __init__(
+        self,
+        positions: np.ndarray,
+        velocities: np.ndarray,
+        relative: np.ndarray,
+        distance: np.ndarray,
+        bodies: Bodies,
+    ) -> None:
+        n, c, r = bodies.n_agents, bodies.n_colliders, positions.shape[-1]
+        self.positions = positions
+        self.agent_positions = positions[:n]
+        self.agent_velocities = velocities[:n]
+        self.entities = positions[None]
+        self.observers = positions[:n, None]
+        self.relative = relative
+        self.square = np.zeros_like(relative)
+        self.square_x, self.square_y = self.square[:, :, 0], self.square[:, :, 1]
+        self.distance = distance
+        self.colliding = c >= 2
+        """Whether contacts are computed (mpe2 needs two colliders for a pair)."""
+        self.collider_relative = relative[:, :c]
+        self.collider_distance = distance[:, :c]
+        self.terms = np.zeros((n, 1 + c, 2, r))
+        """``[u, G_0, G_1, ...]`` of each agent: the terms of :func:`total_forces`."""
+        self.action = self.terms[:, 0]
+        self.contact = self.terms[:, 1:]
+        self.force = np.zeros((n, 2, r))
+        self.penetration = np.zeros((n, c, r))
+        self.divisor = np.zeros((n, c, r))
+        self.motion = np.zeros((n, 2, r))
+
+
 def action_forces(actions: np.ndarray, bodies: Bodies, out: np.ndarray) -> None:
     """``u = MOVES[a]·accel`` of (R, N) valid discrete actions, written into ``out`` (N, 2, R)."""
     flat, start = bodies.action_lookup
-    np.take(flat, start + actions.T[:, None, :], out=out, mode="clip")  # valid: never clipped
+    flat.take(start + actions.T[:, None, :], out=out, mode="clip")  # valid: never clipped
 
 
-def measure(
-    positions: np.ndarray, relative: np.ndarray, square: np.ndarray, distance: np.ndarray
-) -> None:
+def measure(space: Workspace) -> None:
     """Geometry seen by the agents: ``relative[i, e] = p_e - p_i`` (N, E, 2, R) for every agent
-    i and entity e of the (E, 2, R) ``positions``, and ``distance = |relative|`` (N, E, R)
-    (computed as mpe2 does: ``sqrt(dx² + dy²)``); ``square`` is scratch like ``relative``.
+    i and entity e, and ``distance = |relative|`` (N, E, R) (computed as mpe2 does:
+    ``sqrt(dx² + dy²)``).
 
     One measurement per step serves the rewards, the observations and the next step's contact
     forces (the positions do not change in between).
     """
-    np.subtract(positions[None], positions[: relative.shape[0], None], out=relative)
-    np.multiply(relative, relative, out=square)
-    np.add(square[:, :, 0], square[:, :, 1], out=distance)
-    np.sqrt(distance, out=distance)
+    np.subtract(space.entities, space.observers, out=space.relative)
+    np.multiply(space.relative, space.relative, out=space.square)
+    np.add(space.square_x, space.square_y, out=space.distance)
+    np.sqrt(space.distance, out=space.distance)
 
 
-def contact_forces(
-    relative: np.ndarray,
-    distance: np.ndarray,
-    bodies: Bodies,
-    constants: PhysicsConstants,
-    out: np.ndarray,
-    penetration: np.ndarray,
-    divisor: np.ndarray,
-) -> None:
-    """``G[i, j] = c·(p_j - p_i)/d·pen`` (N, C, 2, R) into ``out`` from :func:`measure`'s
-    geometry: the contact force on agent i from collider j is ``-G[i, j]`` exactly, and
-    ``G[i, i] = 0``. ``penetration`` and ``divisor`` are (N, C, R) scratch.
+def contact_forces(space: Workspace, bodies: Bodies, constants: PhysicsConstants) -> None:
+    """``G[i, j] = c·(p_j - p_i)/d·pen`` (N, C, 2, R) into ``space.contact`` from
+    :func:`measure`'s geometry: the contact force on agent i from collider j is ``-G[i, j]``
+    exactly, and ``G[i, i] = 0``.
 
     mpe2 gives a in pair (a, b) ``+c·(p_a - p_b)/d·pen`` and b the negation of the same; both
     are ``-G`` bit for bit (negation commutes with rounding), so :func:`total_forces` subtracts.
     """
-    c = bodies.n_colliders
     k = constants.contact_margin
+    penetration, out = space.penetration, space.contact
     # mpe2's -(d - d_min) / k, written (d_min - d) / k: the same number, one operation less
-    np.subtract(bodies.agent_contact_distance, distance[:, :c], out=penetration)
+    np.subtract(bodies.agent_contact_distance, space.collider_distance, out=penetration)
     penetration /= k
     np.logaddexp(0.0, penetration, out=penetration)
     penetration *= k
     # self pairs: 0/1 instead of 0/0 (relative is 0 there)
-    np.add(distance[:, :c], bodies.agent_identity, out=divisor)
-    np.multiply(relative[:, :c], constants.contact_force, out=out)
-    out /= divisor[:, :, None]
+    np.add(space.collider_distance, bodies.agent_identity, out=space.divisor)
+    np.multiply(space.collider_relative, constants.contact_force, out=out)
+    out /= space.divisor[:, :, None]
     out *= penetration[:, :, None]
 
 
 def total_forces(
-    actions: np.ndarray,
-    relative: np.ndarray | None,
-    distance: np.ndarray | None,
-    bodies: Bodies,
-    constants: PhysicsConstants,
-    terms: np.ndarray,
-    out: np.ndarray,
-    scratch: tuple[np.ndarray, np.ndarray],
+    actions: np.ndarray, space: Workspace, bodies: Bodies, constants: PhysicsConstants
 ) -> None:
-    """Action plus contact forces on each agent into ``out`` (N, 2, R), in mpe2's entity order.
-
-    ``relative`` and ``distance`` are the current geometry (:func:`measure`), None without
-    colliders; ``terms`` (N, 1 + C, 2, R) and ``scratch`` (two (N, C, R)) are work buffers.
-    """
-    if relative is None or distance is None:
-        action_forces(actions, bodies, out)
+    """Action plus contact forces on each agent into ``space.force`` (N, 2, R), summed in
+    mpe2's entity order, from (R, N) valid actions and the current geometry (:func:`measure`)."""
+    if not space.colliding:
+        action_forces(actions, bodies, space.force)
         return
-    action_forces(actions, bodies, terms[:, 0])
-    contact_forces(relative, distance, bodies, constants, terms[:, 1:], *scratch)
+    action_forces(actions, bodies, space.action)
+    contact_forces(space, bodies, constants)
     # mpe2 adds u first, then each partner's force in increasing entity order; a reduction over
     # a non-innermost axis applies the terms one after the other in that order:
     # ((u - G_0) - G_1) - ... = ((u + F_0) + F_1) + ... bit for bit
-    np.subtract.reduce(terms, axis=1, out=out)
+    np.subtract.reduce(space.terms, axis=1, out=space.force)
 
 
-def integrate(
-    positions: np.ndarray,
-    velocities: np.ndarray,
-    force: np.ndarray,
-    bodies: Bodies,
-    constants: PhysicsConstants,
-    scratch: np.ndarray,
-) -> None:
-    """mpe2 ``integrate_state`` for the agents, in place on (N, 2, R) views of the state;
-    ``force`` is consumed, ``scratch`` is a work buffer like ``positions``."""
-    np.multiply(velocities, constants.dt, out=scratch)
-    positions += scratch
+def integrate(space: Workspace, bodies: Bodies, constants: PhysicsConstants) -> None:
+    """mpe2 ``integrate_state`` for the agents, in place on the state with ``space.force``
+    (consumed)."""
+    positions, velocities, force = space.agent_positions, space.agent_velocities, space.force
+    np.multiply(velocities, constants.dt, out=space.motion)
+    positions += space.motion
     velocities *= 1 - constants.damping
     if not bodies.unit_mass:
         force /= bodies.mass[:, None, None]

@@ -51,16 +51,19 @@ class BatchedSpread(ParticleWorld):
         contacts = np.less(distance[:, :n], self._contact_distance)  # (N, N, R), not oneself
         if self.shared:  # mpe2: (1 - r)·global + r·local, local = -#contacts
             local = -np.add.reduce(contacts, axis=1, dtype=np.float64)
-            rewards = (1.0 - LOCAL_RATIO) * -coverage + LOCAL_RATIO * local
-        else:  # Table I: agent 0 also sees coverage; everybody -1[collision]
-            rewards = np.subtract(0.0, np.logical_or.reduce(contacts, axis=1))  # -1 or +0
-            rewards[0] -= coverage
-        return np.ascontiguousarray(rewards.T, dtype=np.float32)  # (R, N), a fresh array
+            shared = (1.0 - LOCAL_RATIO) * -coverage + LOCAL_RATIO * local
+            return np.ascontiguousarray(shared.T, dtype=np.float32)  # (R, N), a fresh array
+        # Table I: agent 0 also sees coverage; everybody -1[collision]
+        rewards = np.empty((block.n_rows, n), dtype=np.float32)
+        np.subtract(0.0, np.logical_or.reduce(contacts, axis=1).T, out=rewards)  # -1 or +0
+        # agent 0 in float64 as mpe2 (-1 and 0 are exact in float32), then rounded once
+        np.subtract(rewards[:, 0], coverage, out=rewards[:, 0])
+        return rewards
 
     def _observe(self, block: Block) -> None:
         """mpe2's ``[v_i, p_i, landmarks - p_i, others - p_i, comm]``: one gather of the state
         rows (:attr:`_observation_index`) for every agent and copy, cast to float32."""
-        np.take(block.state, self._observation_index, axis=0, out=block.observations[0])
+        block.state.take(self._observation_index, axis=0, out=block.observations[0])
 
     def _gather_index(self) -> np.ndarray:
         """(N, 6N) state rows of each agent's observation (:class:`StateLayout`)."""
