@@ -156,9 +156,18 @@ class ParticleWorld(ABC):
 
     # -- scenario hooks ------------------------------------------------------------------------
 
-    @abstractmethod
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
-        """Draw copy k's start state from its generator, in mpe2's ``reset_world`` order."""
+        """Draw copy k's start state from its generator, in mpe2's ``reset_world`` order (used
+        by the default :meth:`_draw_starts`; a scenario implements one of the two)."""
+        raise NotImplementedError
+
+    def _draw_starts(self, copies: np.ndarray) -> None:
+        """Draw the start state of every copy in ``copies`` (a new episode each); default: one
+        :meth:`_reset_copy` per copy, a loop that runs once per episode, not per step."""
+        for k in copies.tolist():
+            generator = self.generators[k]
+            assert generator is not None
+            self._reset_copy(k, generator)
 
     def _after_physics(self, rows: slice) -> None:
         """Scenario logic between the physics and the rewards (treasure pickups); default none."""
@@ -231,10 +240,7 @@ class ParticleWorld(ABC):
     def _reset_copies(self, copies: np.ndarray) -> None:
         self.velocities[copies] = 0.0
         self.steps[copies] = 0
-        for k in copies.tolist():  # once per episode, not per step
-            generator = self.generators[k]
-            assert generator is not None
-            self._reset_copy(k, generator)
+        self._draw_starts(copies)
 
     def _measure(self, block: Block) -> None:
         if block.space.colliding:

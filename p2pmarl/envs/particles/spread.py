@@ -7,6 +7,8 @@ then every landmark's position from U(-1, 1)².
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from p2pmarl.envs.particles.base import Block, ParticleWorld
@@ -15,6 +17,8 @@ from p2pmarl.envs.spread import LOCAL_RATIO, others_index, spread_spec
 
 AGENT_SIZE = 0.15
 """mpe2 simple_spread agent radius."""
+STARTS_AHEAD = 16
+"""Episodes whose start positions a copy draws in one generator call."""
 
 
 class BatchedSpread(ParticleWorld):
@@ -39,9 +43,28 @@ class BatchedSpread(ParticleWorld):
         )[:, :, None]
         """(N, N, 1) ``s_i + s_j``, 0 for i = j (``d < 0`` never holds: no self contact)."""
         self._observation_index = self._gather_index()
+        self._starts = np.zeros((n_copies, STARTS_AHEAD, 2 * n, 2))
+        """Each copy's start positions drawn ahead (:meth:`_draw_starts`)."""
+        self._starts_used = np.full(n_copies, STARTS_AHEAD)
+        """How many of each copy's ``_starts`` are used."""
 
-    def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
-        self.positions[k] = generator.uniform(-1, +1, (2 * self.spec.n_agents, 2))
+    def reset(self, seeds: Sequence[int]) -> None:
+        self._starts_used[:] = STARTS_AHEAD  # new generators: nothing drawn from them yet
+        super().reset(seeds)
+
+    def _draw_starts(self, copies: np.ndarray) -> None:
+        """mpe2's start: every agent's then every landmark's position from U(-1, 1)², each copy
+        from its own generator. A copy draws the starts of ``STARTS_AHEAD`` episodes in one
+        call (``Generator.uniform`` fills an array in draw order: the same numbers as one call
+        per episode), so most resets are one indexing for all copies, not a loop."""
+        used_up = copies[self._starts_used[copies] == STARTS_AHEAD]
+        for k in used_up.tolist():  # once per STARTS_AHEAD episodes of a copy
+            generator = self.generators[k]
+            assert generator is not None
+            self._starts[k] = generator.uniform(-1, +1, self._starts.shape[1:])
+            self._starts_used[k] = 0
+        self.positions[copies] = self._starts[copies, self._starts_used[copies]]
+        self._starts_used[copies] += 1
 
     def _rewards(self, block: Block) -> np.ndarray:
         n = self.spec.n_agents
