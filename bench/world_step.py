@@ -15,8 +15,9 @@ before a change: ``git worktree add --detach DIR main``) in a worker process, so
 are measured side by side in the same rounds.
 
 Every contender is timed once per round, the rounds alternate (``--rounds`` rounds, default 3)
-at each K, and the best microseconds per step of each are reported with the ratios mpe2 / batched
-(targets: ≥ 20× at K=10, ≥ 100× at K=100) and VMAS / batched (target: ≥ 5× at K ≤ 100).
+at each K, and the best microseconds per step of each are reported, wall-clock and CPU time of
+the process, with the ratios mpe2 / batched (targets: ≥ 20× at K=10, ≥ 100× at K=100) and
+VMAS / batched (target: ≥ 5× at K ≤ 100).
 
 Run from the repository root::
 
@@ -28,10 +29,10 @@ The last stdout line is one JSON object; it is also saved as ``<out>/world_step-
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,32 +48,39 @@ except ModuleNotFoundError:  # run as ``python bench/NAME.py``
 
 N_AGENTS = 3
 TARGETS = {"mpe2": {10: 20.0, 100: 100.0}, "vmas": 5.0}
+WORKER_HEADER = "from __future__ import annotations\n"
 BASELINE_WORKER = """
 import sys
 import p2pmarl
-from bench.world_step import time_per_call, world_stepper
+from bench.world_step import world_stepper
 print(p2pmarl.__file__, flush=True)
 step = world_stepper("batched", int(sys.argv[1]))
 for line in sys.stdin:
-    print(time_per_call(step, float(line)), flush=True)
+    print(*time_per_call(step, float(line)), flush=True)
 """
-"""Times the batched world of the checkout it runs in, one request (seconds) per stdin line;
-uses only ``time_per_call`` and ``world_stepper``, which every version of this file has."""
+"""Times the batched world of the checkout it runs in, one request (seconds) per stdin line,
+with this file's :func:`time_per_call` (its source is prepended); of the other checkout it uses
+only ``world_stepper``, which every version of this file has."""
 
-Timer = Callable[[float], float]
-"""Microseconds per step of one contender, timed over at least the given seconds."""
+Timer = Callable[[float], tuple[float, float]]
+"""Wall and CPU microseconds per step of one contender, timed over at least the given seconds."""
 
 
-def time_per_call(step: Callable[[], None], seconds: float) -> float:
-    """Microseconds per call of ``step``, over at least ``seconds`` (after 5 warm-up calls)."""
+def time_per_call(step: Callable[[], None], seconds: float) -> tuple[float, float]:
+    """Wall-clock and CPU (this process) microseconds per call of ``step``, over at least
+    ``seconds`` (after 5 warm-up calls). On a loaded machine the CPU time leaves out the time
+    the process waited for a core."""
+    import time  # here: the baseline worker runs this function's source on its own
+
     for _ in range(5):
         step()
-    calls, started = 0, time.perf_counter()
+    calls, started, cpu_started = 0, time.perf_counter(), time.process_time()
     while time.perf_counter() - started < seconds:
         for _ in range(10):
             step()
         calls += 10
-    return (time.perf_counter() - started) / calls * 1e6
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu_started
+    return wall / calls * 1e6, cpu / calls * 1e6
 
 
 def world_stepper(backend: str, k: int) -> Callable[[], None]:
@@ -124,7 +132,9 @@ class BaselineWorker:
     def __init__(self, directory: Path, k: int) -> None:
         environment = {**os.environ, "PYTHONPATH": str(directory)}
         self.process = subprocess.Popen(
-            [sys.executable, "-c", BASELINE_WORKER, str(k)], cwd=directory, env=environment,
+            [sys.executable, "-c", WORKER_HEADER + inspect.getsource(time_per_call)
+             + BASELINE_WORKER, str(k)],
+            cwd=directory, env=environment,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         )
         module = self._reply()
@@ -132,11 +142,12 @@ class BaselineWorker:
             self.close()
             raise SystemExit(f"--baseline {directory}: the worker imported {module} instead")
 
-    def time(self, seconds: float) -> float:
+    def time(self, seconds: float) -> tuple[float, float]:
         assert self.process.stdin is not None
         self.process.stdin.write(f"{seconds}\n")
         self.process.stdin.flush()
-        return float(self._reply())
+        wall, cpu = self._reply().split()
+        return float(wall), float(cpu)
 
     def _reply(self) -> str:
         assert self.process.stdout is not None
@@ -168,27 +179,40 @@ def measure_k(k: int, rounds: int, seconds: float, baseline: Path | None) -> dic
     worker = BaselineWorker(baseline, k) if baseline is not None else None
     if worker is not None:
         timers["batched_baseline"] = worker.time
+    times: dict[str, list[float]] = {name: [] for name in timers}
+    cpu_times: dict[str, list[float]] = {name: [] for name in timers}
     try:
-        times: dict[str, list[float]] = {name: [] for name in timers}
         for _ in range(rounds):
             for name, timer in timers.items():
-                times[name].append(round(timer(seconds), 1))
+                wall, cpu = timer(seconds)
+                times[name].append(round(wall, 1))
+                cpu_times[name].append(round(cpu, 1))
     finally:
         if worker is not None:
             worker.close()
     best = {name: min(values) for name, values in times.items()}
-    row: dict = {"k": k, "us_per_step": times, "best_us_per_step": best}
+    best_cpu = {name: min(values) for name, values in cpu_times.items()}
+    row: dict = {"k": k, "us_per_step": times, "best_us_per_step": best,
+                 "cpu_us_per_step": cpu_times, "best_cpu_us_per_step": best_cpu}
     row["mpe2_over_batched"] = round(best["mpe2"] / best["batched"], 1)
+    row["mpe2_over_batched_cpu"] = round(best_cpu["mpe2"] / best_cpu["batched"], 1)
     row["mpe2_target"] = TARGETS["mpe2"].get(k)
     if "vmas" in best:
         row["vmas_over_batched"] = round(best["vmas"] / best["batched"], 1)
+        row["vmas_over_batched_cpu"] = round(best_cpu["vmas"] / best_cpu["batched"], 1)
         row["vmas_target"] = TARGETS["vmas"] if k <= 100 else None
         row["vmas_env_steps_per_second"] = round(k / best["vmas"] * 1e6)
     else:
         row["vmas"] = "not installed"
     if "batched_baseline" in best:
         row["baseline_over_batched"] = round(best["batched_baseline"] / best["batched"], 2)
+        row["baseline_over_batched_cpu"] = round(
+            best_cpu["batched_baseline"] / best_cpu["batched"], 2
+        )
         row["mpe2_over_batched_baseline"] = round(best["mpe2"] / best["batched_baseline"], 1)
+        row["mpe2_over_batched_baseline_cpu"] = round(
+            best_cpu["mpe2"] / best_cpu["batched_baseline"], 1
+        )
     row["batched_env_steps_per_second"] = round(k / best["batched"] * 1e6)
     return row
 
@@ -208,7 +232,8 @@ def main() -> int:
     rows = []
     for k in args.ks:
         rows.append(measure_k(k, args.rounds, args.seconds, args.baseline))
-        print(f"K={k}: {rows[-1]['best_us_per_step']}", file=sys.stderr)
+        print(f"K={k}: wall {rows[-1]['best_us_per_step']} cpu {rows[-1]['best_cpu_us_per_step']}",
+              file=sys.stderr)
     result = {
         "status": "ok",
         "n_agents": N_AGENTS,

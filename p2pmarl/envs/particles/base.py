@@ -1,13 +1,16 @@
 """The batched particle world: K copies of one MPE family as state arrays, stepped at once.
 
-:class:`ParticleWorld` owns the state (positions and velocities ``(K, E, 2)``, entities in mpe2's
-order: agents then landmarks), the step counters and one random generator per copy; a scenario
-(``spread.py``, ``treasure.py``, ``tag.py`` beside this file) adds its bodies, reset draws, event
-logic, rewards and observations. A step of rows ``r0:r1`` is a fixed number of numpy operations
-whatever the number of copies or entities: no Python loop over copies or entities. Two things
-loop over copies, neither on the per-step path: a reset (once per episode) draws each copy's
-start from that copy's own generator, and treasure respawns draw from theirs (only copies with a
-treasure to respawn).
+:class:`ParticleWorld` owns the state (positions, velocities and the agents' view of every
+entity, entities in mpe2's order: agents then landmarks), the step counters and one random
+generator per copy; a scenario (``spread.py``, ``treasure.py``, ``tag.py`` beside this file) adds
+its bodies, reset draws, event logic, rewards and observations. The arrays keep the copies on
+their last axis (physics.py), so every numpy operation is one contiguous loop over the copies; the
+scenarios' per-copy logic sees the same buffers copy first, ``(K, ...)``. A step of rows
+``r0:r1`` is a fixed number of numpy operations whatever the number of copies or entities, on
+views sliced once per block of rows (:class:`Block`): no Python loop over copies or entities.
+Two things loop over copies, neither on the per-step path: resets draw each copy's start from
+that copy's own generator (spread: 16 episodes per draw), and treasure respawns draw from theirs
+(only copies with a treasure to respawn).
 
 Seeding follows mpe2 exactly: copy k's generator is ``Generator(PCG64(SeedSequence(seed_k)))``
 (gymnasium's ``seeding.np_random``), and every reset or respawn draws the same numbers in the

@@ -2,9 +2,9 @@
 
 Layout: **copies last.** Every state array ends with the copy axis (``R`` rows of the K copies):
 positions ``(E, 2, R)``, agent velocities and forces ``(N, 2, R)``, the geometry ``(N, E, 2, R)``.
-Each numpy operation then runs one contiguous inner loop over the copies instead of thousands of
-loops over 2 or 3 numbers (issue 15: with the copies first, a broadcast subtraction over
-``(K, N, E, 2)`` cost 8–13× a contiguous one at K = 100).
+Each numpy operation then runs one contiguous inner loop over the copies instead of hundreds of
+loops over 2 or 3 numbers (issue 15: the agents' relative positions ``(N, E, 2)`` of 100 copies
+took 74 µs copies first, 10 µs copies last).
 
 Every function reproduces mpe2's ``core.World.step`` operation by operation (same formulas, same
 order of the floating-point operations), so a batched step equals K mpe2 steps bit for bit (see
