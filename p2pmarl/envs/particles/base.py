@@ -22,7 +22,7 @@ flags against mpe2 over thousands of steps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -229,6 +229,21 @@ class ParticleWorld(ABC):
         """Nothing to release (no renderer)."""
 
     # -- helpers -------------------------------------------------------------------------------
+
+    def _gather_index(self, sources: Callable[[int], list[int]]) -> list[np.ndarray]:
+        """For each observation group, the (n_g, d_g) state rows (:class:`StateLayout`) its
+        agents' observations are made of: ``sources(agent)``, in order (:meth:`_gather`)."""
+        return [
+            np.array([sources(agent) for agent in range(start, stop)])
+            for start, stop in self._groups
+        ]
+
+    @staticmethod
+    def _gather(block: Block, index: list[np.ndarray]) -> None:
+        """Observations made only of state rows: one gather per group for every agent and
+        copy, cast to float32 (``index`` from :meth:`_gather_index`)."""
+        for rows, out in zip(index, block.observations, strict=True):
+            block.state.take(rows, axis=0, out=out)
 
     def _block(self, rows: range | slice) -> Block:
         """The views of copies ``rows`` (validated and built on first use)."""

@@ -42,7 +42,7 @@ class BatchedSpread(ParticleWorld):
             np.eye(n, dtype=bool), 0.0, self.bodies.contact_distance
         )[:, :, None]
         """(N, N, 1) ``s_i + s_j``, 0 for i = j (``d < 0`` never holds: no self contact)."""
-        self._observation_index = self._gather_index()
+        self._observation_index = self._gather_index(self._observation_sources)
         self._starts = np.zeros((n_copies, STARTS_AHEAD, 2 * n, 2))
         """Each copy's start positions drawn ahead (:meth:`_draw_starts`)."""
         self._starts_used = np.full(n_copies, STARTS_AHEAD)
@@ -84,20 +84,14 @@ class BatchedSpread(ParticleWorld):
         return rewards
 
     def _observe(self, block: Block) -> None:
-        """mpe2's ``[v_i, p_i, landmarks - p_i, others - p_i, comm]``: one gather of the state
-        rows (:attr:`_observation_index`) for every agent and copy, cast to float32."""
-        block.state.take(self._observation_index, axis=0, out=block.observations[0])
+        self._gather(block, self._observation_index)
 
-    def _gather_index(self) -> np.ndarray:
-        """(N, 6N) state rows of each agent's observation (:class:`StateLayout`)."""
+    def _observation_sources(self, agent: int) -> list[int]:
+        """mpe2's ``[v_i, p_i, landmarks - p_i, others - p_i, comm]`` as state rows."""
         n, layout = self.spec.n_agents, self._layout
-        index = []
-        for i in range(n):
-            rows = layout.velocity(i) + layout.position(i)
-            for landmark in range(n, 2 * n):
-                rows += layout.relative_position(i, landmark)
-            for other in others_index(n)[i]:
-                rows += layout.relative_position(i, int(other))
-            rows += [layout.zero] * (2 * (n - 1))  # silent agents: comm channels stay 0
-            index.append(rows)
-        return np.array(index)
+        rows = layout.velocity(agent) + layout.position(agent)
+        for landmark in range(n, 2 * n):
+            rows += layout.relative_position(agent, landmark)
+        for other in others_index(n)[agent]:
+            rows += layout.relative_position(agent, int(other))
+        return rows + [layout.zero] * (2 * (n - 1))  # silent agents: comm channels stay 0

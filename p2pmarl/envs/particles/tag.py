@@ -47,6 +47,7 @@ class BatchedTag(ParticleWorld):
         super().__init__(spec, n_copies, n_agents + N_OBSTACLES, bodies)
         self.n_adversaries = a
         self._others = others_index(n_agents)
+        self._observation_index = self._gather_index(self._observation_sources)
 
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
         n = self.spec.n_agents
@@ -65,19 +66,16 @@ class BatchedTag(ParticleWorld):
         return rewards.astype(np.float32)
 
     def _observe(self, block: Block) -> None:
-        rows = block.rows
-        n, a = self.spec.n_agents, self.n_adversaries
-        positions = self.positions[rows]
-        agents, velocities = positions[:, :n], self.velocities[rows, :n]
-        r = agents.shape[0]
-        relative = self.delta[rows]  # [r, i, j] = p_j - p_i over agents and obstacles
-        obstacles = relative[:, :n, n:].reshape(r, n, -1)
-        others = relative[:, np.arange(n)[:, None], self._others].reshape(r, n, -1)
-        common = np.concatenate([velocities, agents, obstacles, others], axis=2)
-        prey_velocity = velocities[:, a:].reshape(r, 1, -1)
-        adversaries = np.concatenate(
-            [common[:, :a], np.broadcast_to(prey_velocity, (r, a, prey_velocity.shape[2]))],
-            axis=2,
-        )
-        block.observation_rows[0][...] = adversaries
-        block.observation_rows[1][...] = common[:, a:]
+        self._gather(block, self._observation_index)
+
+    def _observation_sources(self, agent: int) -> list[int]:
+        """mpe2 simple_tag's ``[v_i, p_i, obstacles - p_i, others - p_i]`` as state rows, and
+        for an adversary the prey's velocity."""
+        n, layout = self.spec.n_agents, self._layout
+        rows = layout.velocity(agent) + layout.position(agent)
+        for entity in [*range(n, n + N_OBSTACLES), *self._others[agent].tolist()]:
+            rows += layout.relative_position(agent, entity)
+        if agent < self.n_adversaries:
+            for prey in range(self.n_adversaries, n):
+                rows += layout.velocity(prey)
+        return rows
