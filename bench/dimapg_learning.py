@@ -24,7 +24,7 @@ from bench.common import RESULTS, emit, launch_failure, load_average, topology
 from p2pmarl.algos import make_algorithm
 from p2pmarl.algos.base import Batch
 from p2pmarl.config import RunConfig
-from p2pmarl.envs import make_env
+from p2pmarl.envs.particles import make_batched
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl
 from p2pmarl.topology import load_topology
@@ -75,24 +75,21 @@ def play(
 ) -> tuple[float, np.ndarray]:
     """Mean over episodes of the per-episode min over agents of own return; also all returns.
 
-    Plays ``parallel`` episodes at a time in as many env copies; ``act`` maps each agent's
-    stacked observations (copies, obs) to its actions (copies,), so each agent makes one
-    batched policy call per step (the machine can be very loaded)."""
+    Plays ``parallel`` episodes at a time in as many copies of the batched particle world (the
+    launch's default backend, step for step mpe2's); ``act`` maps each agent's stacked
+    observations (copies, obs) to its actions (copies,), so each agent makes one batched policy
+    call per step (the machine can be very loaded)."""
     n = n_agents_of(config)
     rng = np.random.default_rng(seed)
     returns = np.zeros((episodes, n))
     for first in range(0, episodes, parallel):
         count = min(parallel, episodes - first)
-        envs = [make_env(config.env, n, config.episode_length) for _ in range(count)]
-        observations = [env.reset(int(rng.integers(2**31))) for env in envs]
+        world = make_batched(config.env, n, count, config.episode_length)
+        world.reset([int(s) for s in rng.integers(2**31, size=count)])
         for _ in range(config.episode_length):
-            stacked = [np.stack([observations[c][i] for c in range(count)]) for i in range(n)]
-            actions = act(stacked)
-            for c, env in enumerate(envs):
-                observations[c], rewards, _ = env.step([int(a[c]) for a in actions])
-                returns[first + c] += rewards
-        for env in envs:
-            env.close()
+            actions = act([np.array(world.observation(i, slice(0, count))) for i in range(n)])
+            rewards, _ = world.step(slice(0, count), np.stack(actions, axis=1))
+            returns[first:first + count] += rewards
     return float(returns.min(axis=1).mean()), returns
 
 
@@ -102,21 +99,19 @@ def n_agents_of(config: RunConfig) -> int:
 
 def adaptation_batches(config: RunConfig, agents: list, seed: int) -> list[Batch]:
     """One rollout of ``n_envs`` episodes with everyone on θ, as each agent's own Batch."""
-    n = len(agents)
-    envs = [make_env(config.env, n, config.episode_length) for _ in range(config.n_envs)]
-    rng = np.random.default_rng(seed)
-    observations = [env.reset(int(rng.integers(2**31))) for env in envs]
-    T, K = config.episode_length, config.n_envs
-    obs = np.zeros((n, T, K, len(observations[0][0])), dtype=np.float32)
+    n, T, K = len(agents), config.episode_length, config.n_envs
+    world = make_batched(config.env, n, K, T)
+    world.reset([int(s) for s in np.random.default_rng(seed).integers(2**31, size=K)])
+    obs = np.zeros((n, T, K, world.spec.observation_sizes[0]), dtype=np.float32)
     joint = np.zeros((T, K, n), dtype=np.int64)
     rewards = np.zeros((n, T, K), dtype=np.float32)
     dones = np.zeros((T, K), dtype=bool)
     for t in range(T):
         for i, agent in enumerate(agents):
-            obs[i, t] = np.stack([observations[k][i] for k in range(K)])
+            obs[i, t] = world.observation(i, slice(0, K))
             joint[t, :, i] = agent.act(obs[i, t])
-        for k, env in enumerate(envs):
-            observations[k], rewards[:, t, k], dones[t, k] = env.step(joint[t, k].tolist())
+        step_rewards, dones[t] = world.step(slice(0, K), joint[t])
+        rewards[:, t] = step_rewards.T
     return [
         Batch(i, obs[i], joint, rewards[i], dones, obs[i, -1], phase="pre") for i in range(n)
     ]
