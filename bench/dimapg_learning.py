@@ -181,6 +181,8 @@ def main() -> int:
                              "length; N·episode length gives each agent as many adapted episodes "
                              "as pre-adaptation ones)")
     parser.add_argument("--no-itrpo", action="store_true", help="train DiMA-PG only")
+    parser.add_argument("--no-dimapg", action="store_true",
+                        help="train and score I-TRPO only (at the steps DiMA-PG would take)")
     parser.add_argument("--evaluate", type=Path, nargs=2, metavar=("DIMAPG_RUN", "ITRPO_RUN"),
                         default=None, help="skip training: evaluate these two finished runs "
                         "(made by this benchmark with the same other arguments)")
@@ -208,15 +210,18 @@ def main() -> int:
     if args.evaluate:
         (dimapg_dir, itrpo_dir), dimapg_seconds, itrpo_seconds = args.evaluate, None, None
     else:
-        dimapg_dir, dimapg_seconds = train(dimapg)
+        dimapg_dir, dimapg_seconds = (None, 0.0) if args.no_dimapg else train(dimapg)
         itrpo_dir, itrpo_seconds = (None, 0.0) if args.no_itrpo else train(itrpo)
     evaluation_started = time.monotonic()
-    scores = evaluate_dimapg(dimapg_dir, dimapg, args.episodes, args.seed + 10)
+    scores = {} if dimapg_dir is None else evaluate_dimapg(
+        dimapg_dir, dimapg, args.episodes, args.seed + 10)
     if itrpo_dir is not None:
         scores["itrpo"] = evaluate_itrpo(itrpo_dir, itrpo, args.episodes, args.seed + 10)
     curves = {
-        "DiMA-PG (θ, pre phase)": curve(dimapg_dir, args.n_agents, "phase/pre/return"),
-        "DiMA-PG (θ_n, adapted phase)": curve(dimapg_dir, args.n_agents, "phase/adapted/return"),
+        "DiMA-PG (θ, pre phase)": [] if dimapg_dir is None else curve(
+            dimapg_dir, args.n_agents, "phase/pre/return"),
+        "DiMA-PG (θ_n, adapted phase)": [] if dimapg_dir is None else curve(
+            dimapg_dir, args.n_agents, "phase/adapted/return"),
         "I-TRPO": [] if itrpo_dir is None else curve(itrpo_dir, args.n_agents, "rollout/return"),
     }
     if args.plot:
@@ -225,7 +230,7 @@ def main() -> int:
         import json
 
         args.curves.write_text(json.dumps(curves) + "\n")
-    disagreement = [
+    disagreement = [] if dimapg_dir is None else [
         r.get("dimapg/replica_disagreement") for r in
         read_jsonl(dimapg_dir / "agents/agent-0/metrics.jsonl") if "iteration" in r
     ]
@@ -236,16 +241,18 @@ def main() -> int:
             "DiMA-PG (θ, pre phase)"] else None,
             "itrpo": curves["I-TRPO"][-1][0] if curves["I-TRPO"] else None},
         "min_reward": scores,
-        "theta_prime_vs_theta": (scores["using_theta_prime"] - scores["using_theta"])
-        / abs(scores["using_theta"]),
+        "theta_prime_vs_theta": None if dimapg_dir is None else (
+            scores["using_theta_prime"] - scores["using_theta"]) / abs(scores["using_theta"]),
         "train_seconds": {"dimapg": dimapg_seconds, "itrpo": itrpo_seconds},
         "evaluation_seconds": time.monotonic() - evaluation_started,
-        "replica_disagreement_max": max(d for d in disagreement if d is not None),
+        "replica_disagreement_max": max((d for d in disagreement if d is not None),
+                                        default=None),
         "curves": curves,
         "reward_clip": args.reward_clip,
         "score_term": not args.no_score_term,
         "adapted_steps": adapted,
         "run_dirs": {"dimapg": str(dimapg_dir), "itrpo": str(itrpo_dir)},
+        "itrpo_iterations": itrpo_iterations,
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }, args.out)

@@ -74,6 +74,11 @@ def main() -> int:
     parser.add_argument("--inner-steps", type=int, default=3)
     parser.add_argument("--no-score-term", action="store_true")
     parser.add_argument("--first-order", action="store_true")
+    parser.add_argument("--score-estimator", choices=("score", "lvc"), default="score",
+                        help="eq. 14's second term as written or ProMP's LVC")
+    parser.add_argument("--gradient-draws", type=int, default=0,
+                        help="instead of training: draw this many iterations' batches at the "
+                             "initial θ and report the spread of Σ_n ∇L_n per estimator")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=0,
                         help="evaluation episodes of the final θ and θ′_i (0: none)")
@@ -85,12 +90,20 @@ def main() -> int:
     config = dataclasses.replace(
         DiMAPGConfig(), inner_steps=args.inner_steps, reward_clip=args.reward_clip,
         score_term=not args.no_score_term, first_order=args.first_order,
+        score_estimator=args.score_estimator,
     )
     agents = [DiMAPG(i, spec, n, config, seed=100 + i, shared_seed=args.seed) for i in range(n)]
     world = make_batched("spread-shared", n, k, horizon)
     rng = np.random.default_rng(args.seed)
     curve, adapted_curve, started, load_before = [], [], time.monotonic(), load_average()
     adapted_steps = args.adapted_steps or horizon
+    if args.gradient_draws:
+        return emit("dimapg_gradient_spread", {
+            "status": "ok", "settings": vars(args) | {"out": str(args.out)},
+            "estimators": gradient_spread(agents, world, adapted_steps, rng, args),
+            "seconds": time.monotonic() - started, "load_average_before": load_before,
+            "load_average_after": load_average(),
+        }, args.out)
     for iteration in range(args.iterations):
         pre, pre_returns = rollout(agents, world, horizon, None, rng)
         for agent, batch in zip(agents, pre, strict=True):
@@ -117,6 +130,72 @@ def main() -> int:
         "evaluation_seconds": time.monotonic() - started - training_seconds,
         "load_average_before": load_before, "load_average_after": load_average(),
     }, args.out)
+
+
+ESTIMATORS = {
+    "maml (no score term)": {"score_term": False},
+    "score (eq. 14)": {"score_term": True, "score_estimator": "score"},
+    "lvc (ProMP)": {"score_term": True, "score_estimator": "lvc"},
+}
+"""The estimators :func:`gradient_spread` compares on the same batches."""
+
+
+def gradient_spread(
+    agents: list[DiMAPG], world: ParticleWorld, adapted_steps: int, rng: np.random.Generator,
+    args: argparse.Namespace,
+) -> dict[str, dict[str, float]]:
+    """Spread of the network sum G = Σ_n ∇θ L_n over independent draws at the initial θ.
+
+    Every estimator sees the same batches. The score term's baseline b_n is the mean L_n of the
+    other draws (independent of the draw, like the runs' average of earlier iterations).
+    Reported per estimator: ‖mean G‖, mean ‖G‖, the relative variance E‖G − mean G‖² / ‖mean
+    G‖², the mean cosine of each G with the mean of the other draws, and the mean over draws of
+    ‖G − G_maml‖ / ‖G_maml‖ (same batches: how much the estimator adds to MAML's).
+    """
+    n, k = len(agents), world.n_copies
+    draws = []
+    for draw in range(args.gradient_draws):
+        pre, _ = rollout(agents, world, args.episode_length, None, rng)
+        for agent, batch in zip(agents, pre, strict=True):
+            agent.phase_update(batch)
+        groups = copy_group_layout(k, n, args.seed, draw, 1)
+        adapted, _ = rollout(agents, world, adapted_steps, groups, rng)
+        draws.append((pre, adapted))
+    own_returns = np.array([[own_group_return(a, b) for a, b in zip(agents, adapted,
+                                                                     strict=True)]
+                            for _, adapted in draws])
+    result, maml = {}, None
+    for label, changes in ESTIMATORS.items():
+        totals = []
+        for draw, (pre, adapted) in enumerate(draws):
+            total = 0
+            for agent, pre_batch, batch in zip(agents, pre, adapted, strict=True):
+                agent.config = dataclasses.replace(agent.config, **changes)
+                agent.phase_update(pre_batch)
+                others = np.delete(own_returns[:, agent.agent_id], draw)
+                agent.score_baseline = float(others.mean())
+                agent.local_update(batch)
+                total = total + agent._gradient.double()
+            totals.append(total)
+        stacked = torch.stack(totals)
+        maml = stacked if maml is None else maml
+        mean = stacked.mean(dim=0)
+        cosines = [
+            float(torch.nn.functional.cosine_similarity(
+                g, (stacked.sum(dim=0) - g) / (len(totals) - 1), dim=0))
+            for g in totals
+        ]
+        result[label] = {
+            "norm_of_mean": float(mean.norm()),
+            "mean_norm": float(stacked.norm(dim=1).mean()),
+            "relative_variance": float(((stacked - mean) ** 2).sum(dim=1).mean()
+                                       / mean.norm() ** 2),
+            "cosine_to_other_draws": float(np.mean(cosines)),
+            "relative_difference_from_maml": float(((stacked - maml).norm(dim=1)
+                                                    / maml.norm(dim=1)).mean()),
+        }
+        print(label, result[label], flush=True)
+    return result
 
 
 def own_group_return(agent: DiMAPG, batch: Batch) -> float:
