@@ -413,21 +413,40 @@ def test_replicas_that_drifted_apart_are_resynchronised_by_averaging():
     assert not any(a.resync_requested for a in agents)
 
 
+def agent_meta_gradient(
+    agent: DiMAPG, seed: int, baseline: float | None, **estimator
+) -> tuple[torch.Tensor, float]:
+    """:func:`meta_gradient` on the agent's pre samples and the adapted batch of ``seed``."""
+    columns = np.flatnonzero(copy_group_layout(K, N, 0, 0, 1) == agent.agent_id)
+    pre = agent._pre
+    post = agent._samples(fixed_batch(agent.agent_id, "adapted", seed), columns,
+                          fit_also=pre["fit"])
+    data = MetaData(pre["observations"], pre["actions"], pre["advantages"],
+                    post["observations"], post["actions"], post["raw_advantages"],
+                    post["episodes"], post["return"], baseline)
+    theta = {n: p.detach() for n, p in agent.policy.named_parameters()}
+    return meta_gradient(agent.policy, theta, data, agent.config.inner_steps,
+                         agent.config.inner_lr, **estimator), post["return"]
+
+
+def test_agents_use_lvc_by_default():
+    agent = make_agents(settings())[0]
+    assert agent.config.score_estimator == "lvc" and agent.config.score_term
+    agent.phase_update(fixed_batch(0, "pre", 0))
+    agent.local_update(fixed_batch(0, "adapted", 0))
+    expected, _ = agent_meta_gradient(agent, 0, None, score_estimator="lvc")
+    torch.testing.assert_close(agent._gradient, expected)
+    plain, _ = agent_meta_gradient(agent, 0, None, score_term=False)
+    assert (expected - plain).norm() > 1e-4 * plain.norm(), "LVC changes the gradient"
+
+
 def test_score_term_baseline_comes_only_from_earlier_iterations():
     """b of eq. 14's score term must not depend on the current τ^θ_n (session 22's fix: the
     pre-adaptation return made the term subtract θ's own policy gradient)."""
-    agent = make_agents(settings())[0]
-    columns = np.flatnonzero(copy_group_layout(K, N, 0, 0, 1) == 0)
+    agent = make_agents(settings(score_estimator="score"))[0]
 
     def expected_gradient(seed: int, baseline: float | None) -> torch.Tensor:
-        pre = agent._pre
-        post = agent._samples(fixed_batch(0, "adapted", seed), columns, fit_also=pre["fit"])
-        data = MetaData(pre["observations"], pre["actions"], pre["advantages"],
-                        post["observations"], post["actions"], post["raw_advantages"],
-                        post["episodes"], post["return"], baseline)
-        theta = {n: p.detach() for n, p in agent.policy.named_parameters()}
-        return meta_gradient(agent.policy, theta, data, agent.config.inner_steps,
-                             agent.config.inner_lr), post["return"]
+        return agent_meta_gradient(agent, seed, baseline)
 
     agent.phase_update(fixed_batch(0, "pre", 0))
     first, l0 = expected_gradient(0, None)  # no earlier L_n: no score term

@@ -98,16 +98,18 @@ class DiMAPGConfig:
     """Include eq. 14's second term E[L_n ∇θ log π_θ(τ^θ)] (the dependence of the adaptation's
     samples on θ). It is an unbiased but very noisy estimate (one scalar L_n − b times the score
     of the whole pre-adaptation batch); ``False`` keeps only the adapted term, as MAML does."""
-    score_estimator: str = "score"
+    score_estimator: str = "lvc"
     """How the term for the adaptation samples' dependence on θ is estimated (when
     ``score_term``): ``score``, eq. 14's E[L_n ∇θ log π_θ(τ^θ)] as written (unbiased, one scalar
-    L_n − b times the score of the whole pre batch: very noisy); ``lvc``, ProMP's low-variance
-    curvature estimator (Rothfuss et al., 2019, eq. 10): the inner steps differentiate
-    mean(π_θ/⊥π_θ · A) instead of mean(log π_θ · A), same values and first derivatives, but the
-    second derivative gains Σ_t ∇log π_t ∇log π_tᵀ A_t, so the term enters through the
-    adaptation's Jacobian per step instead of per batch. It equals the score term's expectation
-    to first order in α for one-step episodes and drops the cross-time products otherwise
-    (biased, far lower variance); it needs the second-order term (not ``first_order``)."""
+    L_n − b times the score of the whole pre batch: very noisy); ``lvc`` (default), ProMP's
+    low-variance curvature estimator (Rothfuss et al., 2019, eq. 10): the inner steps
+    differentiate mean(π_θ/⊥π_θ · A) instead of mean(log π_θ · A), same values and first
+    derivatives, but the second derivative gains Σ_t ∇log π_t ∇log π_tᵀ A_t, so the term enters
+    through the adaptation's Jacobian per step instead of per batch. It equals the score term's
+    expectation to first order in α for one-step episodes and drops the cross-time products
+    otherwise (biased, far lower variance); it needs the second-order term (not
+    ``first_order``). On spread N = 3 eq. 14 learns with ``lvc`` and diverges with ``score``
+    (docs/benchmarks.md, issue 10, session 23)."""
     score_baseline_decay: float = 0.9
     """b of the score term: exponential average (this decay) of the agent's L_n of the earlier
     iterations. It must not depend on the current τ^θ_n: the pre-adaptation return would make
