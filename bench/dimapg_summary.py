@@ -101,16 +101,16 @@ def main() -> int:
     runs = read(args.files)
     table = {}
     for key in ("using_theta", "using_theta_prime"):
-        values = [run["scores"][key] for run in runs["dimapg"].values()]
+        values = [runs["dimapg"][seed]["scores"][key] for seed in sorted(runs["dimapg"])]
         if values:
             table[key] = spread(values)
-    values = [run["scores"]["itrpo"] for run in runs["itrpo"].values()]
+    values = [runs["itrpo"][seed]["scores"]["itrpo"] for seed in sorted(runs["itrpo"])]
     if values:
         table["itrpo"] = spread(values)
     first_last = {
         method: spread([float(np.mean([p[1] for p in run["curve"][-3:]]))
                         - float(np.mean([p[1] for p in run["curve"][:3]]))
-                        for run in runs[method].values()])
+                        for run in (runs[method][seed] for seed in sorted(runs[method]))])
         for method in runs if runs[method]
     }
     if args.plot:
