@@ -24,7 +24,7 @@ from bench.common import RESULTS, emit, launch_failure, load_average, topology
 from p2pmarl.algos import make_algorithm
 from p2pmarl.algos.base import Batch
 from p2pmarl.config import RunConfig
-from p2pmarl.envs import make_env
+from p2pmarl.envs.particles import make_batched
 from p2pmarl.runtime.launcher import launch
 from p2pmarl.runtime.rundir import RunDir, process_seeds, read_jsonl
 from p2pmarl.topology import load_topology
@@ -75,24 +75,21 @@ def play(
 ) -> tuple[float, np.ndarray]:
     """Mean over episodes of the per-episode min over agents of own return; also all returns.
 
-    Plays ``parallel`` episodes at a time in as many env copies; ``act`` maps each agent's
-    stacked observations (copies, obs) to its actions (copies,), so each agent makes one
-    batched policy call per step (the machine can be very loaded)."""
+    Plays ``parallel`` episodes at a time in as many copies of the batched particle world (the
+    launch's default backend, step for step mpe2's); ``act`` maps each agent's stacked
+    observations (copies, obs) to its actions (copies,), so each agent makes one batched policy
+    call per step (the machine can be very loaded)."""
     n = n_agents_of(config)
     rng = np.random.default_rng(seed)
     returns = np.zeros((episodes, n))
     for first in range(0, episodes, parallel):
         count = min(parallel, episodes - first)
-        envs = [make_env(config.env, n, config.episode_length) for _ in range(count)]
-        observations = [env.reset(int(rng.integers(2**31))) for env in envs]
+        world = make_batched(config.env, n, count, config.episode_length)
+        world.reset([int(s) for s in rng.integers(2**31, size=count)])
         for _ in range(config.episode_length):
-            stacked = [np.stack([observations[c][i] for c in range(count)]) for i in range(n)]
-            actions = act(stacked)
-            for c, env in enumerate(envs):
-                observations[c], rewards, _ = env.step([int(a[c]) for a in actions])
-                returns[first + c] += rewards
-        for env in envs:
-            env.close()
+            actions = act([np.array(world.observation(i, slice(0, count))) for i in range(n)])
+            rewards, _ = world.step(slice(0, count), np.stack(actions, axis=1))
+            returns[first:first + count] += rewards
     return float(returns.min(axis=1).mean()), returns
 
 
@@ -102,21 +99,19 @@ def n_agents_of(config: RunConfig) -> int:
 
 def adaptation_batches(config: RunConfig, agents: list, seed: int) -> list[Batch]:
     """One rollout of ``n_envs`` episodes with everyone on θ, as each agent's own Batch."""
-    n = len(agents)
-    envs = [make_env(config.env, n, config.episode_length) for _ in range(config.n_envs)]
-    rng = np.random.default_rng(seed)
-    observations = [env.reset(int(rng.integers(2**31))) for env in envs]
-    T, K = config.episode_length, config.n_envs
-    obs = np.zeros((n, T, K, len(observations[0][0])), dtype=np.float32)
+    n, T, K = len(agents), config.episode_length, config.n_envs
+    world = make_batched(config.env, n, K, T)
+    world.reset([int(s) for s in np.random.default_rng(seed).integers(2**31, size=K)])
+    obs = np.zeros((n, T, K, world.spec.observation_sizes[0]), dtype=np.float32)
     joint = np.zeros((T, K, n), dtype=np.int64)
     rewards = np.zeros((n, T, K), dtype=np.float32)
     dones = np.zeros((T, K), dtype=bool)
     for t in range(T):
         for i, agent in enumerate(agents):
-            obs[i, t] = np.stack([observations[k][i] for k in range(K)])
+            obs[i, t] = world.observation(i, slice(0, K))
             joint[t, :, i] = agent.act(obs[i, t])
-        for k, env in enumerate(envs):
-            observations[k], rewards[:, t, k], dones[t, k] = env.step(joint[t, k].tolist())
+        step_rewards, dones[t] = world.step(slice(0, K), joint[t])
+        rewards[:, t] = step_rewards.T
     return [
         Batch(i, obs[i], joint, rewards[i], dones, obs[i, -1], phase="pre") for i in range(n)
     ]
@@ -186,6 +181,8 @@ def main() -> int:
                              "length; N·episode length gives each agent as many adapted episodes "
                              "as pre-adaptation ones)")
     parser.add_argument("--no-itrpo", action="store_true", help="train DiMA-PG only")
+    parser.add_argument("--no-dimapg", action="store_true",
+                        help="train and score I-TRPO only (at the steps DiMA-PG would take)")
     parser.add_argument("--evaluate", type=Path, nargs=2, metavar=("DIMAPG_RUN", "ITRPO_RUN"),
                         default=None, help="skip training: evaluate these two finished runs "
                         "(made by this benchmark with the same other arguments)")
@@ -213,15 +210,18 @@ def main() -> int:
     if args.evaluate:
         (dimapg_dir, itrpo_dir), dimapg_seconds, itrpo_seconds = args.evaluate, None, None
     else:
-        dimapg_dir, dimapg_seconds = train(dimapg)
+        dimapg_dir, dimapg_seconds = (None, 0.0) if args.no_dimapg else train(dimapg)
         itrpo_dir, itrpo_seconds = (None, 0.0) if args.no_itrpo else train(itrpo)
     evaluation_started = time.monotonic()
-    scores = evaluate_dimapg(dimapg_dir, dimapg, args.episodes, args.seed + 10)
+    scores = {} if dimapg_dir is None else evaluate_dimapg(
+        dimapg_dir, dimapg, args.episodes, args.seed + 10)
     if itrpo_dir is not None:
         scores["itrpo"] = evaluate_itrpo(itrpo_dir, itrpo, args.episodes, args.seed + 10)
     curves = {
-        "DiMA-PG (θ, pre phase)": curve(dimapg_dir, args.n_agents, "phase/pre/return"),
-        "DiMA-PG (θ_n, adapted phase)": curve(dimapg_dir, args.n_agents, "phase/adapted/return"),
+        "DiMA-PG (θ, pre phase)": [] if dimapg_dir is None else curve(
+            dimapg_dir, args.n_agents, "phase/pre/return"),
+        "DiMA-PG (θ_n, adapted phase)": [] if dimapg_dir is None else curve(
+            dimapg_dir, args.n_agents, "phase/adapted/return"),
         "I-TRPO": [] if itrpo_dir is None else curve(itrpo_dir, args.n_agents, "rollout/return"),
     }
     if args.plot:
@@ -230,7 +230,7 @@ def main() -> int:
         import json
 
         args.curves.write_text(json.dumps(curves) + "\n")
-    disagreement = [
+    disagreement = [] if dimapg_dir is None else [
         r.get("dimapg/replica_disagreement") for r in
         read_jsonl(dimapg_dir / "agents/agent-0/metrics.jsonl") if "iteration" in r
     ]
@@ -241,16 +241,18 @@ def main() -> int:
             "DiMA-PG (θ, pre phase)"] else None,
             "itrpo": curves["I-TRPO"][-1][0] if curves["I-TRPO"] else None},
         "min_reward": scores,
-        "theta_prime_vs_theta": (scores["using_theta_prime"] - scores["using_theta"])
-        / abs(scores["using_theta"]),
+        "theta_prime_vs_theta": None if dimapg_dir is None else (
+            scores["using_theta_prime"] - scores["using_theta"]) / abs(scores["using_theta"]),
         "train_seconds": {"dimapg": dimapg_seconds, "itrpo": itrpo_seconds},
         "evaluation_seconds": time.monotonic() - evaluation_started,
-        "replica_disagreement_max": max(d for d in disagreement if d is not None),
+        "replica_disagreement_max": max((d for d in disagreement if d is not None),
+                                        default=None),
         "curves": curves,
         "reward_clip": args.reward_clip,
         "score_term": not args.no_score_term,
         "adapted_steps": adapted,
         "run_dirs": {"dimapg": str(dimapg_dir), "itrpo": str(itrpo_dir)},
+        "itrpo_iterations": itrpo_iterations,
         "load_average_before": load_before,
         "load_average_after": load_average(),
     }, args.out)

@@ -3,8 +3,8 @@
 ``speed``: env steps per second of the three, measured back to back (ratios are what count on a
 shared machine), plus two single-process loops at once (what the machine's 2 vCPUs give two
 CPU-bound processes: the ceiling of the genetic workers' speed-up); ``--world-link`` picks the
-launched runs' world link (unix, the default, or zmq). ``curves``: predator return vs env steps (per worker for the genetic variant)
-for a few seeds, and a plot. Usage::
+launched runs' world link (unix, the default, or zmq). ``curves``: predator return vs env
+steps (per worker for the genetic variant) for a few seeds, and a plot. Usage::
 
     python -m bench.maddpg speed --steps 10000
     python -m bench.maddpg curves --steps 30000 --seeds 0 1 2 --plot docs/maddpg_tag.png

@@ -23,6 +23,9 @@ multi-process run uses the default backend (batched). The single-process loop us
 the runtime's four processes can use both cores of a 2-core machine but pay for messaging on
 every step.
 
+With ``--zmq-link`` every round also runs b with ``world_link`` zmq (this code, the ZeroMQ world
+link instead of the Unix socket; ``ratio_unix_to_zmq_link``).
+
 With ``--baseline DIR`` (a checkout of an earlier commit, e.g. ``git worktree add --detach
 /tmp/base COMMIT``) every round also runs b in that checkout (``baseline_multi_process``, a
 subprocess of this interpreter with ``DIR`` first on ``sys.path``), so a change to the runtime is
@@ -32,7 +35,7 @@ Run from the repository root (``python bench/throughput.py ...`` works too)::
 
     . .venv/bin/activate
     python -m bench.throughput [--rounds 2] [--single-steps 5000] [--iterations 3] [--seed 0]
-                               [--baseline DIR]
+                               [--zmq-link] [--baseline DIR]
 
 The last stdout line is one JSON object; it is also saved as ``<out>/throughput-<UTC>.json``.
 """
@@ -40,6 +43,7 @@ The last stdout line is one JSON object; it is also saved as ``<out>/throughput-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -126,11 +130,13 @@ def single_process(steps: int, seed: int, backend: str = "mpe2") -> dict:
     }
 
 
-def multi_process(iterations: int, seed: int, out: Path) -> dict:
-    """Transitions per second of the world's rollouts in a real launch (first one skipped)."""
-    config = ring3_itrpo_config(iterations, seed, out)
+def multi_process(iterations: int, seed: int, out: Path, world_link: str = "unix") -> dict:
+    """Transitions per second of the world's rollouts in a real launch (first one skipped);
+    ``world_link`` zmq gives the kind ``multi_process_zmq``."""
+    config = dataclasses.replace(ring3_itrpo_config(iterations, seed, out), world_link=world_link)
     launched = launch(config, show_progress=False)
-    row: dict = {"kind": "multi_process", "run_dir": str(launched.run_dir)}
+    kind = "multi_process" if world_link == "unix" else f"multi_process_{world_link}"
+    row: dict = {"kind": kind, "run_dir": str(launched.run_dir)}
     error = launch_failure(launched)
     rollouts = [
         e for e in read_jsonl(RunDir(launched.run_dir).world_events) if e.get("event") == "rollout"
@@ -203,6 +209,8 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--baseline", type=Path, default=None,
                         help="a checkout of an earlier commit: also measure b with its code")
+    parser.add_argument("--zmq-link", action="store_true",
+                        help="also measure b with this code's ZeroMQ world link (world_link zmq)")
     args = parser.parse_args()
     if args.iterations < 2:
         parser.error("--iterations must be ≥ 2: the first rollout is a warm-up")
@@ -212,6 +220,8 @@ def main() -> int:
         measurements.append(single_process(args.single_steps, args.seed, "mpe2"))
         measurements.append(single_process(args.single_steps, args.seed, "batched"))
         measurements.append(multi_process(args.iterations, args.seed, args.out))
+        if args.zmq_link:
+            measurements.append(multi_process(args.iterations, args.seed, args.out, "zmq"))
         if args.baseline is not None:
             measurements.append(
                 baseline_multi_process(args.baseline, args.iterations, args.seed, args.out)
@@ -220,7 +230,8 @@ def main() -> int:
     single_batched = [m for m in measurements if m["kind"] == "single_process_batched"]
     multi = [m for m in measurements if m["kind"] == "multi_process"]
     baseline = [m for m in measurements if m["kind"] == "baseline_multi_process"]
-    errors = [m["error"] for m in multi + baseline if m.get("error")]
+    zmq_link = [m for m in measurements if m["kind"] == "multi_process_zmq"]
+    errors = [m["error"] for m in multi + baseline + zmq_link if m.get("error")]
     result: dict = {
         "status": "ok" if not errors else "failed",
         "errors": errors,
@@ -252,6 +263,10 @@ def main() -> int:
                 "target_met": b / a >= TARGET_RATIO,
             }
         )
+        if zmq_link:
+            b_zmq = statistics.fmean(m["transitions_per_second"] for m in zmq_link)
+            result.update({"multi_process_zmq_tps": round(b_zmq, 1),
+                           "ratio_unix_to_zmq_link": round(b / b_zmq, 3)})
         if baseline:
             b_old = statistics.fmean(m["transitions_per_second"] for m in baseline)
             result.update({"baseline_checkout": str(args.baseline),

@@ -73,6 +73,7 @@ _FLAG_HELP = {
     "dimapg_resync_tolerance": "DiMA-PG: replica disagreement that triggers a re-sync",
     "dimapg_no_score_term": "DiMA-PG: leave out eq. 14's score-function term",
     "dimapg_gamma": "DiMA-PG: discount of the REINFORCE returns",
+    "dimapg_score_estimator": "DiMA-PG: eq. 14's second term: score (as written) or lvc (ProMP)",
     "maddpg_batch_size": "MADDPG minibatch per update",
     "maddpg_buffer_size": "MADDPG replay capacity in transitions",
     "maddpg_learning_starts": "transitions stored before MADDPG's first update",

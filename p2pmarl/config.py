@@ -155,6 +155,9 @@ class RunConfig:
     """DiMA-PG: leave out eq. 14's second (score-function) term, keeping the adapted term."""
     dimapg_gamma: float = 0.9
     """DiMA-PG: discount of the REINFORCE returns (the paper does not give it)."""
+    dimapg_score_estimator: str = "lvc"
+    """DiMA-PG: eq. 14's second term as written (``score``) or ProMP's low-variance curvature
+    estimate of it (``lvc``, default); see ``DiMAPGConfig.score_estimator``."""
     # issue 12: MADDPG and Distributed Genetic MADDPG
     maddpg_batch_size: int | None = None
     """MADDPG minibatch S per update (None: 256, the report's appendix)."""
@@ -287,6 +290,11 @@ class RunConfig:
         if self.dimapg_outer not in ("trpo", "reinforce"):
             raise ConfigError(
                 f"dimapg_outer must be 'trpo' or 'reinforce', got {self.dimapg_outer!r}"
+            )
+        if self.dimapg_score_estimator not in ("score", "lvc"):
+            raise ConfigError(
+                f"dimapg_score_estimator must be 'score' or 'lvc', got "
+                f"{self.dimapg_score_estimator!r}"
             )
         if self.dimapg_gossip not in ("metropolis", "push_sum"):
             raise ConfigError(

@@ -32,7 +32,7 @@ from p2pmarl.algos.dimapg import (
 from p2pmarl.algos.gossip import MESSAGE_FIELDS, GossipConfig
 from p2pmarl.algos.networks import CategoricalPolicy, flat_parameters, set_flat_parameters
 from p2pmarl.algos.trpo import conjugate_gradient, make_categorical_fisher_vector_product
-from p2pmarl.config import RunConfig
+from p2pmarl.config import ConfigError, RunConfig
 from p2pmarl.envs import env_spec
 from p2pmarl.runtime import transport, world_link
 from p2pmarl.runtime.codec import WORLD
@@ -155,6 +155,103 @@ def test_meta_gradient_matches_finite_differences_and_first_order_drops_a_real_t
     torch.testing.assert_close(gradient, numeric, atol=1e-6, rtol=1e-5)
     first_order = meta_gradient(policy, theta, data, steps, lr, first_order=True)
     assert (first_order - gradient).norm() > 1e-3 * gradient.norm()
+
+
+def one_step_bandit() -> tuple[CategoricalPolicy, dict[str, torch.Tensor]]:
+    """A one-observation, one-step problem small enough for exact expectations over actions."""
+    policy = tiny_policy()
+    with torch.no_grad():
+        for parameter in policy.parameters():
+            parameter.mul_(3)
+    return policy, {name: p.detach() for name, p in policy.named_parameters()}
+
+
+BANDIT_REWARDS = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+BANDIT_OBSERVATION = torch.tensor([[0.3, -1.2, 0.8]], dtype=torch.float64)
+
+
+def bandit_probabilities(policy, parameters) -> torch.Tensor:
+    actions = torch.arange(4)
+    return policy_log_prob(policy, parameters, BANDIT_OBSERVATION.expand(4, 3), actions).exp()
+
+
+def exact_eq_14_gradient(policy, theta, lr: float) -> torch.Tensor:
+    """∇θ E_{a∼π_θ}[J(θ + α r_a ∇log π_θ(a))] with every expectation a sum over actions: the
+    objective whose gradient eq. 14 is (one inner step on a one-sample batch)."""
+    theta = {name: value.clone().requires_grad_(True) for name, value in theta.items()}
+    probabilities = bandit_probabilities(policy, theta)
+    objective = torch.zeros((), dtype=torch.float64)
+    for action in range(4):
+        adapted = adapt(policy, theta, BANDIT_OBSERVATION, torch.tensor([action]),
+                        BANDIT_REWARDS[action : action + 1], 1, lr, create_graph=True)
+        value = (bandit_probabilities(policy, adapted) * BANDIT_REWARDS).sum()
+        objective = objective + probabilities[action] * value
+    gradients = torch.autograd.grad(objective, list(theta.values()))
+    return torch.cat([g.reshape(-1) for g in gradients])
+
+
+def expected_meta_gradient(policy, theta, lr: float, **estimator) -> torch.Tensor:
+    """E over the pre sample a ∼ π_θ of :func:`meta_gradient`, the adapted sample given as every
+    action weighted by π_{θ_n} (so the adapted term is its exact expectation)."""
+    probabilities = bandit_probabilities(policy, theta)
+    expected = torch.zeros(sum(v.numel() for v in theta.values()), dtype=torch.float64)
+    for action in range(4):
+        pre_action, pre_reward = torch.tensor([action]), BANDIT_REWARDS[action : action + 1]
+        adapted = adapt(policy, {n: v.clone().requires_grad_(True) for n, v in theta.items()},
+                        BANDIT_OBSERVATION, pre_action, pre_reward, 1, lr, create_graph=False)
+        weights = bandit_probabilities(policy, adapted).detach() * BANDIT_REWARDS
+        data = MetaData(BANDIT_OBSERVATION, pre_action, pre_reward,
+                        BANDIT_OBSERVATION.expand(4, 3), torch.arange(4), weights, 1.0,
+                        float(weights.sum()), 0.0)
+        expected += probabilities[action] * meta_gradient(policy, theta, data, 1, lr,
+                                                          **estimator)
+    return expected
+
+
+def test_score_term_is_unbiased_and_lvc_matches_it_to_first_order_in_alpha():
+    """Eq. 14 with its score term is exactly the gradient of its objective in expectation;
+    without it (MAML) an O(α) part is missing; ProMP's LVC recovers that part, leaving O(α²)."""
+    policy, theta = one_step_bandit()
+    ratios = []
+    for lr in (0.01, 0.001):
+        exact = exact_eq_14_gradient(policy, theta, lr)
+        score = expected_meta_gradient(policy, theta, lr)
+        torch.testing.assert_close(score, exact, atol=1e-12, rtol=1e-10)
+        maml_error = (expected_meta_gradient(policy, theta, lr, score_term=False) - exact).norm()
+        lvc_error = (expected_meta_gradient(policy, theta, lr, score_estimator="lvc")
+                     - exact).norm()
+        assert maml_error > 0.3 * lr * exact.norm(), "the score term must matter here"
+        ratios.append(float(lvc_error / maml_error))
+    assert ratios[0] < 0.15, ratios
+    assert ratios[1] < 0.15 * ratios[0], f"LVC's error must shrink like α², got {ratios}"
+
+
+def test_lvc_adapts_to_the_same_policy_and_needs_the_second_order_term():
+    policy, data = tiny_policy(), tiny_data()
+    theta = {n: p.detach().clone().requires_grad_(True) for n, p in policy.named_parameters()}
+    plain = adapt(policy, theta, data.pre_observations, data.pre_actions, data.pre_advantages,
+                  2, 0.1, create_graph=True)
+    lvc = adapt(policy, theta, data.pre_observations, data.pre_actions, data.pre_advantages,
+                2, 0.1, create_graph=True, lvc=True)
+    for name in plain:
+        torch.testing.assert_close(lvc[name], plain[name])
+    theta = {n: p.detach() for n, p in policy.named_parameters()}
+    no_score = meta_gradient(policy, theta, data, 2, 0.5, score_term=False)
+    with_lvc = meta_gradient(policy, theta, data, 2, 0.5, score_estimator="lvc")
+    assert (with_lvc - no_score).norm() > 1e-3 * no_score.norm()
+    torch.testing.assert_close(  # first order: no Jacobian, so nothing of LVC is left
+        meta_gradient(policy, theta, data, 2, 0.5, first_order=True, score_estimator="lvc"),
+        meta_gradient(policy, theta, data, 2, 0.5, first_order=True, score_term=False))
+    with pytest.raises(ValueError, match="score_estimator"):
+        DiMAPGConfig(score_estimator="dice")
+    ring3 = str(REPO / "topologies" / "ring3.yaml")
+    with pytest.raises(ConfigError, match="dimapg_score_estimator must be 'score' or 'lvc'"):
+        RunConfig(topology=ring3, algo="dimapg", dimapg_score_estimator="dice").validate()
+    config = RunConfig(topology=ring3, env="spread-shared", algo="dimapg",
+                       dimapg_score_estimator="lvc").validate()
+    agent = DiMAPG.from_run_config(0, env_spec("spread-shared", 3, 25),
+                                   load_topology(ring3), config, 0)
+    assert agent.config.score_estimator == "lvc"
 
 
 # -- agents on fixed batches ----------------------------------------------------------------------
@@ -316,21 +413,40 @@ def test_replicas_that_drifted_apart_are_resynchronised_by_averaging():
     assert not any(a.resync_requested for a in agents)
 
 
+def agent_meta_gradient(
+    agent: DiMAPG, seed: int, baseline: float | None, **estimator
+) -> tuple[torch.Tensor, float]:
+    """:func:`meta_gradient` on the agent's pre samples and the adapted batch of ``seed``."""
+    columns = np.flatnonzero(copy_group_layout(K, N, 0, 0, 1) == agent.agent_id)
+    pre = agent._pre
+    post = agent._samples(fixed_batch(agent.agent_id, "adapted", seed), columns,
+                          fit_also=pre["fit"])
+    data = MetaData(pre["observations"], pre["actions"], pre["advantages"],
+                    post["observations"], post["actions"], post["raw_advantages"],
+                    post["episodes"], post["return"], baseline)
+    theta = {n: p.detach() for n, p in agent.policy.named_parameters()}
+    return meta_gradient(agent.policy, theta, data, agent.config.inner_steps,
+                         agent.config.inner_lr, **estimator), post["return"]
+
+
+def test_agents_use_lvc_by_default():
+    agent = make_agents(settings())[0]
+    assert agent.config.score_estimator == "lvc" and agent.config.score_term
+    agent.phase_update(fixed_batch(0, "pre", 0))
+    agent.local_update(fixed_batch(0, "adapted", 0))
+    expected, _ = agent_meta_gradient(agent, 0, None, score_estimator="lvc")
+    torch.testing.assert_close(agent._gradient, expected)
+    plain, _ = agent_meta_gradient(agent, 0, None, score_term=False)
+    assert (expected - plain).norm() > 1e-4 * plain.norm(), "LVC changes the gradient"
+
+
 def test_score_term_baseline_comes_only_from_earlier_iterations():
     """b of eq. 14's score term must not depend on the current τ^θ_n (session 22's fix: the
     pre-adaptation return made the term subtract θ's own policy gradient)."""
-    agent = make_agents(settings())[0]
-    columns = np.flatnonzero(copy_group_layout(K, N, 0, 0, 1) == 0)
+    agent = make_agents(settings(score_estimator="score"))[0]
 
     def expected_gradient(seed: int, baseline: float | None) -> torch.Tensor:
-        pre = agent._pre
-        post = agent._samples(fixed_batch(0, "adapted", seed), columns, fit_also=pre["fit"])
-        data = MetaData(pre["observations"], pre["actions"], pre["advantages"],
-                        post["observations"], post["actions"], post["raw_advantages"],
-                        post["episodes"], post["return"], baseline)
-        theta = {n: p.detach() for n, p in agent.policy.named_parameters()}
-        return meta_gradient(agent.policy, theta, data, agent.config.inner_steps,
-                             agent.config.inner_lr), post["return"]
+        return agent_meta_gradient(agent, seed, baseline)
 
     agent.phase_update(fixed_batch(0, "pre", 0))
     first, l0 = expected_gradient(0, None)  # no earlier L_n: no score term

@@ -63,6 +63,7 @@ GRADIENT, DIRECTION, KL, RESYNC, SKETCH = (
     "dimapg_gradient", "dimapg_direction", "dimapg_kl", "dimapg_resync", "dimapg_sketch",
 )
 OUTER_STEPS = ("trpo", "reinforce")
+SCORE_ESTIMATORS = ("score", "lvc")
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,18 @@ class DiMAPGConfig:
     """Include eq. 14's second term E[L_n ∇θ log π_θ(τ^θ)] (the dependence of the adaptation's
     samples on θ). It is an unbiased but very noisy estimate (one scalar L_n − b times the score
     of the whole pre-adaptation batch); ``False`` keeps only the adapted term, as MAML does."""
+    score_estimator: str = "lvc"
+    """How the term for the adaptation samples' dependence on θ is estimated (when
+    ``score_term``): ``score``, eq. 14's E[L_n ∇θ log π_θ(τ^θ)] as written (unbiased, one scalar
+    L_n − b times the score of the whole pre batch: very noisy); ``lvc`` (default), ProMP's
+    low-variance curvature estimator (Rothfuss et al., 2019, eq. 10): the inner steps
+    differentiate mean(π_θ/⊥π_θ · A) instead of mean(log π_θ · A), same values and first
+    derivatives, but the second derivative gains Σ_t ∇log π_t ∇log π_tᵀ A_t, so the term enters
+    through the adaptation's Jacobian per step instead of per batch. It equals the score term's
+    expectation to first order in α for one-step episodes and drops the cross-time products
+    otherwise (biased, far lower variance); it needs the second-order term (not
+    ``first_order``). On spread N = 3 eq. 14 learns with ``lvc`` and diverges with ``score``
+    (docs/benchmarks.md, issue 10, session 23)."""
     score_baseline_decay: float = 0.9
     """b of the score term: exponential average (this decay) of the agent's L_n of the earlier
     iterations. It must not depend on the current τ^θ_n: the pre-adaptation return would make
@@ -128,6 +141,7 @@ class DiMAPGConfig:
             "inner_steps": self.inner_steps >= 0,
             "inner_lr": self.inner_lr >= 0,
             "outer": self.outer in OUTER_STEPS,
+            "score_estimator": self.score_estimator in SCORE_ESTIMATORS,
             "outer_lr": self.outer_lr > 0,
             "max_kl": self.max_kl > 0,
             "damping": self.damping >= 0,
@@ -207,6 +221,13 @@ def reinforce_objective(log_prob: Tensor, advantages: Tensor) -> Tensor:
     return (log_prob * advantages).mean()
 
 
+def lvc_objective(log_prob: Tensor, advantages: Tensor) -> Tensor:
+    """ProMP's low-variance curvature surrogate mean(π/⊥π · A) (Rothfuss et al., 2019, eq. 10):
+    the value and gradient of :func:`reinforce_objective` at the current parameters, and the
+    Hessian mean((∇²log π + ∇log π ∇log π ᵀ)·A), which estimates ∇²E[R] per step."""
+    return (torch.exp(log_prob - log_prob.detach()) * advantages).mean()
+
+
 def policy_log_prob(
     policy: CategoricalPolicy, parameters: dict[str, Tensor], observations: Tensor,
     actions: Tensor,
@@ -225,16 +246,19 @@ def adapt(
     steps: int,
     lr: float,
     create_graph: bool,
+    lvc: bool = False,
 ) -> dict[str, Tensor]:
     """θ_n from θ by ``steps`` REINFORCE steps (eqs. 9-10): θ^[k] = θ^[k−1] + α ∇ L_n(θ^[k−1]).
 
     Every step uses τ^θ_n (the paper's eq. 10 samples at θ^[k−1]; reusing the batch is the
     usual MAML practice). With ``create_graph`` the result stays differentiable in θ, so the
-    meta-gradient sees the adaptation's Jacobian (the second-order term).
+    meta-gradient sees the adaptation's Jacobian (the second-order term); ``lvc`` differentiates
+    :func:`lvc_objective` instead (same θ_n, ProMP's Jacobian).
     """
+    surrogate = lvc_objective if lvc else reinforce_objective
     parameters = dict(theta)
     for _ in range(steps):
-        objective = reinforce_objective(
+        objective = surrogate(
             policy_log_prob(policy, parameters, observations, actions), advantages
         )
         gradients = torch.autograd.grad(
@@ -281,6 +305,7 @@ def meta_gradient(
     inner_lr: float,
     first_order: bool = False,
     score_term: bool = True,
+    score_estimator: str = "score",
 ) -> Tensor:
     """∇θ L_n(θ, θ_n) of eq. 14 as one flat vector, both terms in reward units per trajectory.
 
@@ -290,12 +315,16 @@ def meta_gradient(
     E[L_n ∇θ log π_θ(τ^θ)] is (L_n − b)·Σ_t ∇θ log π_θ(a_t|o_t) over the whole batch τ^θ_n (θ_n
     depends on all of its trajectories, so the score is the batch's: a sum, not a mean), with b
     a baseline that does not depend on τ^θ_n, so that E[b ∇ log π(τ^θ)] = 0;
-    ``score_term=False`` or ``score_baseline`` None leaves it out.
+    ``score_term=False`` or ``score_baseline`` None leaves it out. ``score_estimator="lvc"``
+    replaces it by ProMP's low-variance curvature in the adaptation (:func:`lvc_objective`;
+    needs the second-order term, so nothing of it is left with ``first_order``).
     """
+    lvc = score_term and score_estimator == "lvc"
     theta = {name: value.detach().requires_grad_(True) for name, value in theta.items()}
     adapted = adapt(
         policy, theta, data.pre_observations, data.pre_actions, data.pre_advantages,
         inner_steps, inner_lr, create_graph=not first_order,
+        lvc=lvc,
     )
     if first_order:
         adapted = {name: theta[name] + (adapted[name] - theta[name]).detach() for name in theta}
@@ -305,7 +334,7 @@ def meta_gradient(
     )
     adapted_term = adapted_term * (len(data.adapted_actions) / data.adapted_episodes)
     objective = adapted_term
-    if score_term and data.score_baseline is not None:
+    if score_term and not lvc and data.score_baseline is not None:
         pre_log_prob = policy_log_prob(policy, theta, data.pre_observations, data.pre_actions)
         objective = objective + (data.adapted_return - data.score_baseline) * pre_log_prob.sum()
     gradients = torch.autograd.grad(objective, list(theta.values()))
@@ -384,6 +413,7 @@ class DiMAPG(AgentAlgorithm):
             outer_lr=config.dimapg_outer_lr,
             first_order=config.dimapg_first_order,
             score_term=not config.dimapg_no_score_term,
+            score_estimator=config.dimapg_score_estimator,
             gamma=config.dimapg_gamma,
             reward_clip=config.dimapg_reward_clip,
             fisher_subsample=config.fisher_subsample,
@@ -506,7 +536,7 @@ class DiMAPG(AgentAlgorithm):
         )
         self._gradient = meta_gradient(
             self.policy, self._theta(), data, self.config.inner_steps, self.config.inner_lr,
-            self.config.first_order, self.config.score_term,
+            self.config.first_order, self.config.score_term, self.config.score_estimator,
         )
         decay = self.config.score_baseline_decay
         self.score_baseline = post["return"] if self.score_baseline is None else (

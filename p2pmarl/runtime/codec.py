@@ -31,6 +31,11 @@ LAUNCHER = -2
 """Sender/receiver id of the launcher."""
 
 _HEADER_FIELDS = ("v", "kind", "sender", "receiver", "round", "seq", "body")
+_HEADER_KEYS = frozenset(_HEADER_FIELDS)
+_DTYPES = {name.encode(): np.dtype(name) for name in ALLOWED_DTYPES}
+"""Allowed dtypes by their 3 wire bytes (a dict lookup instead of parsing per array)."""
+_SHAPES = [struct.Struct(f"<3sB{ndim}q") for ndim in range(MAX_ARRAY_DIMENSIONS + 1)]
+"""Compiled array headers by number of dimensions: dtype, ndim, shape."""
 
 
 class CodecError(ValueError):
@@ -57,12 +62,17 @@ class Message:
 def _encode_array(array: np.ndarray) -> msgpack.ExtType:
     """Extension payload: dtype string (3 ASCII bytes), ndim (1 byte), shape (ndim × int64 LE),
     then the raw little-endian data."""
-    dtype = array.dtype.newbyteorder("<") if array.dtype.byteorder == ">" else array.dtype
-    if dtype.str not in ALLOWED_DTYPES:
+    dtype = array.dtype
+    if dtype.byteorder == ">":
+        dtype = dtype.newbyteorder("<")
+        array = array.astype(dtype)
+    name = dtype.str
+    if name not in ALLOWED_DTYPES:
         raise CodecError("bad_dtype", f"cannot send arrays of dtype {array.dtype}")
-    header = struct.pack(f"<3sB{array.ndim}q", dtype.str.encode(), array.ndim, *array.shape)
-    data = np.ascontiguousarray(array, dtype=dtype).tobytes()
-    return msgpack.ExtType(ARRAY_EXT_CODE, header + data)
+    if array.ndim > MAX_ARRAY_DIMENSIONS:
+        raise CodecError("bad_array", f"cannot send arrays of {array.ndim} dimensions")
+    header = _SHAPES[array.ndim].pack(name.encode(), array.ndim, *array.shape)
+    return msgpack.ExtType(ARRAY_EXT_CODE, header + array.tobytes())  # tobytes: C order
 
 
 def _default(value: Any) -> Any:
@@ -78,17 +88,18 @@ def _decode_array(code: int, data: bytes) -> np.ndarray:
         raise CodecError("bad_extension", f"unknown msgpack extension {code}")
     if len(data) < 4:
         raise CodecError("bad_array", "array header is truncated")
-    dtype_str = data[:3].decode("ascii", errors="replace")
-    if dtype_str not in ALLOWED_DTYPES:
+    dtype = _DTYPES.get(data[:3])
+    if dtype is None:
+        dtype_str = data[:3].decode("ascii", errors="replace")
         raise CodecError("bad_dtype", f"dtype {dtype_str!r} is not allowed")
     ndim = data[3]
     offset = 4 + 8 * ndim
     if ndim > MAX_ARRAY_DIMENSIONS or len(data) < offset:
         raise CodecError("bad_array", f"array header with {ndim} dimensions is malformed")
-    shape = struct.unpack_from(f"<{ndim}q", data, 4)
+    shape = _SHAPES[ndim].unpack_from(data)[2:]
     if any(size < 0 for size in shape):
         raise CodecError("bad_array", f"shape {list(shape)} has a negative size")
-    dtype = np.dtype(dtype_str)
+    dtype_str = dtype.str
     expected = math.prod(shape) * dtype.itemsize
     if len(data) - offset != expected:
         raise CodecError(
@@ -131,18 +142,20 @@ def decode(frame: bytes) -> Message:
 
 
 def _validate_header(raw: Any) -> Message:
-    if not isinstance(raw, dict) or set(raw) != set(_HEADER_FIELDS):
+    # type(...) is int: msgpack decodes integers as int and booleans as bool, never subclasses
+    if type(raw) is not dict or raw.keys() != _HEADER_KEYS:
         raise CodecError("bad_schema", "frame is not a message header map")
     version = raw["v"]
-    if not isinstance(version, int) or isinstance(version, bool) or version != WIRE_VERSION:
+    if type(version) is not int or version != WIRE_VERSION:
         raise CodecError("bad_version", f"wire version {version!r}, expected {WIRE_VERSION}")
-    if not isinstance(raw["kind"], str) or not isinstance(raw["body"], dict):
+    if type(raw["kind"]) is not str or type(raw["body"]) is not dict:
         raise CodecError("bad_schema", "kind must be a string and body a map")
     for name in ("sender", "receiver", "round", "seq"):
-        if not isinstance(raw[name], int) or isinstance(raw[name], bool):
+        if type(raw[name]) is not int:
             raise CodecError("bad_schema", f"header field {name!r} must be an integer")
-    if not all(isinstance(key, str) for key in raw["body"]):
-        raise CodecError("bad_schema", "body keys must be strings")
+    for key in raw["body"]:
+        if type(key) is not str:
+            raise CodecError("bad_schema", "body keys must be strings")
     return Message(
         kind=raw["kind"],
         sender=raw["sender"],

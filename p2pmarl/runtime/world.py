@@ -238,9 +238,8 @@ class World:
     def _send_step(
         self, iteration: int, t: int, rows: range, previous: StepResult | None
     ) -> None:
-        for learner in self._live():
-            body = self._step_body(learner, t, rows, previous)
-            self.server.send(learner, "step", iteration, body)
+        bodies = {learner: self._step_body(learner, t, rows, previous) for learner in self._live()}
+        self.server.send_each("step", iteration, bodies)
         self._update_liveness()
 
     def _step_body(

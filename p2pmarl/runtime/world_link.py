@@ -196,7 +196,17 @@ class WorldServer:
 
     def send(self, agent: int, kind: str, round: int, body: Mapping[str, Any]) -> bool:
         """Send to one agent; False if the agent is not connected (yet, or any more)."""
-        frame = encode(Message(kind, WORLD, agent, round, 0, body))
+        return self._send_frame(agent, encode(Message(kind, WORLD, agent, round, 0, body)))
+
+    def send_each(self, kind: str, round: int, bodies: Mapping[int, Mapping[str, Any]]) -> None:
+        """One message to each agent of ``bodies``: every frame is encoded before the first
+        goes out, so the agents woken by the first frames (which may take the world's core)
+        do not hold up the others' frames behind the world's encoding."""
+        frames = {a: encode(Message(kind, WORLD, a, round, 0, b)) for a, b in bodies.items()}
+        for agent, frame in frames.items():
+            self._send_frame(agent, frame)
+
+    def _send_frame(self, agent: int, frame: bytes) -> bool:
         if self._frames.send(identity_of(agent), frame):
             return True
         self.rejected["agent_unreachable"] += 1
