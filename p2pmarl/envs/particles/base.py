@@ -142,6 +142,10 @@ class ParticleWorld(ABC):
         self.distance = self._distance.transpose(2, 0, 1)
         """(K, N, E) ``|delta|``."""
         self.steps = np.zeros(n_copies, dtype=np.int64)
+        self._steps_bound = 0
+        """No copy has taken more steps than this: it grows by one per step of any block and is
+        set to the true maximum whenever the done flags are computed, which is only once it
+        reaches the episode length (most steps skip that check)."""
         self.generators: list[np.random.Generator | None] = [None] * n_copies
         self._action_limits = np.array(spec.action_sizes)
         self._groups = observation_groups(spec.observation_sizes)
@@ -193,6 +197,7 @@ class ParticleWorld(ABC):
             raise ValueError(f"{self.spec.name}: need {self.n_copies} seeds, got {len(seeds)}")
         self.generators = [copy_generator(s) for s in seeds]
         self._reset_copies(np.arange(self.n_copies))
+        self._steps_bound = 0
         block = self._block(range(self.n_copies))
         self._measure(block)
         self._observe(block)
@@ -214,10 +219,15 @@ class ParticleWorld(ABC):
         self._after_physics(block.rows)
         rewards = self._rewards(block)
         block.steps += 1
-        dones = block.steps >= self.spec.episode_length
-        if np.count_nonzero(dones):  # any copy done (cheaper than dones.any())
-            self._reset_copies(block.rows.start + np.flatnonzero(dones))
-            self._measure(block)
+        self._steps_bound += 1
+        if self._steps_bound < self.spec.episode_length:  # no copy can be done yet
+            dones = np.zeros(block.n_rows, dtype=bool)
+        else:
+            dones = block.steps >= self.spec.episode_length
+            if dones.any():
+                self._reset_copies(block.rows.start + np.flatnonzero(dones))
+                self._measure(block)
+            self._steps_bound = int(self.steps.max())
         self._observe(block)
         return rewards, dones
 
