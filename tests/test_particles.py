@@ -177,6 +177,13 @@ def test_bad_input_names_the_value_and_the_fix():
         world.step(range(2), np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(ValueError, match=r"\[0, "):
         world.step(range(2), np.full((2, 3), 5))
+    before = world.positions.copy()
+    for bad in (np.full((2, 3), -1), np.full((2, 3), -1, dtype=np.int8),
+                np.full((2, 3), 5, dtype=np.uint8)):
+        with pytest.raises(ValueError, match=r"\[0, "):
+            world.step(range(2), bad)
+    np.testing.assert_array_equal(world.positions, before)  # a refused step changes nothing
+    world.step(range(2), np.ones((2, 3), dtype=np.uint8))  # any integer type
     with pytest.raises(ValueError, match="integer"):
         world.step(range(2), np.zeros((2, 3)))
     with pytest.raises(ValueError, match="contiguous"):
@@ -187,6 +194,29 @@ def test_bad_input_names_the_value_and_the_fix():
         make_batched("spread", 1, 1)
     with pytest.raises(ConfigError, match="env_backend"):
         RunConfig(env_backend="vmas").validate()
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_reset_starts_over_from_the_seeds(name):
+    """A second reset(seeds) replays the first episode exactly, whatever was drawn before
+    (spread draws its episode starts ahead: those of the old generators are dropped)."""
+    world = make_batched(name, None, 3, 5)
+    fresh = make_batched(name, None, 3, 5)
+    n = world.spec.n_agents
+    actions = np.random.default_rng(0).integers(0, 5, (40, 3, n))
+    world.reset([7, 8, 9])
+    for t in range(23):  # several episodes and a part of one
+        world.step(range(3), actions[t])
+    world.reset([1, 2, 3])
+    fresh.reset([1, 2, 3])
+    for t in range(12):
+        got, want = world.step(range(3), actions[t]), fresh.step(range(3), actions[t])
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+        for agent in range(n):
+            np.testing.assert_array_equal(
+                world.observation(agent, range(3)), fresh.observation(agent, range(3))
+            )
 
 
 def test_observation_groups_are_runs_of_equal_sizes():

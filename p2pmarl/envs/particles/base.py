@@ -1,13 +1,16 @@
 """The batched particle world: K copies of one MPE family as state arrays, stepped at once.
 
-:class:`ParticleWorld` owns the state (positions and velocities ``(K, E, 2)``, entities in mpe2's
-order: agents then landmarks), the step counters and one random generator per copy; a scenario
-(``spread.py``, ``treasure.py``, ``tag.py`` beside this file) adds its bodies, reset draws, event
-logic, rewards and observations. A step of rows ``r0:r1`` is a fixed number of numpy operations
-whatever the number of copies or entities: no Python loop over copies or entities. Two things
-loop over copies, neither on the per-step path: a reset (once per episode) draws each copy's
-start from that copy's own generator, and treasure respawns draw from theirs (only copies with a
-treasure to respawn).
+:class:`ParticleWorld` owns the state (positions, velocities and the agents' view of every
+entity, entities in mpe2's order: agents then landmarks), the step counters and one random
+generator per copy; a scenario (``spread.py``, ``treasure.py``, ``tag.py`` beside this file) adds
+its bodies, reset draws, event logic, rewards and observations. The arrays keep the copies on
+their last axis (physics.py), so every numpy operation is one contiguous loop over the copies; the
+scenarios' per-copy logic sees the same buffers copy first, ``(K, ...)``. A step of rows
+``r0:r1`` is a fixed number of numpy operations whatever the number of copies or entities, on
+views sliced once per block of rows (:class:`Block`): no Python loop over copies or entities.
+Two things loop over copies, neither on the per-step path: resets draw each copy's start from
+that copy's own generator (spread: 16 episodes per draw), and treasure respawns draw from theirs
+(only copies with a treasure to respawn).
 
 Seeding follows mpe2 exactly: copy k's generator is ``Generator(PCG64(SeedSequence(seed_k)))``
 (gymnasium's ``seeding.np_random``), and every reset or respawn draws the same numbers in the
@@ -19,7 +22,7 @@ flags against mpe2 over thousands of steps).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -27,10 +30,14 @@ from p2pmarl.envs.base import EnvSpec
 from p2pmarl.envs.particles.physics import (
     Bodies,
     PhysicsConstants,
+    Workspace,
     integrate,
     measure,
     total_forces,
 )
+
+UNSIGNED = {size: np.dtype(f"u{size}") for size in (1, 2, 4, 8)}
+"""The unsigned integer type of each width (an action array read as unsigned)."""
 
 
 def copy_generator(seed: int) -> np.random.Generator:
@@ -59,8 +66,50 @@ def observation_groups(sizes: Sequence[int]) -> list[tuple[int, int]]:
     return groups
 
 
+class Block:
+    """Views of every per-copy buffer for one contiguous block of copies (rows ``r0:r1``).
+
+    Built once per block (:meth:`ParticleWorld._block`) and reused at every step of it, so the
+    step path does no slicing. Shapes end with the block's ``R`` copies (physics.py's layout).
+    """
+
+    def __init__(self, world: ParticleWorld, rows: slice) -> None:
+        self.rows = rows
+        self.n_rows = rows.stop - rows.start
+        self.space = Workspace(
+            world._positions[..., rows],
+            world._velocities[..., rows],
+            world._relative[..., rows],
+            world._distance[..., rows],
+            world.bodies,
+        )
+        self.distance = self.space.distance
+        """(N, E, R) ``|p_e - p_i|`` of agent i and entity e (:func:`measure`)."""
+        self.state = world._state[:, rows]
+        """(L, R) the state rows of :class:`StateLayout`."""
+        self.steps = world.steps[rows]
+        self.observations = [stored[..., rows] for stored in world._observations]
+        """Per run of agents with equal observation sizes: (n_g, d_g, R) float32."""
+        self.observation_rows = [block.transpose(2, 0, 1) for block in self.observations]
+        """The same as (R, n_g, d_g) views: what :meth:`ParticleWorld._observe` writes."""
+        self.agent_observations = [
+            self.observations[group][index].T for group, index in world._group_of
+        ]
+        """Agent i's (R, d_i) observations."""
+
+
 class ParticleWorld(ABC):
-    """K copies of one particle scenario with automatic reset at episode end."""
+    """K copies of one particle scenario with automatic reset at episode end.
+
+    State (copies last, one float64 buffer ``(L, K)`` holding every quantity an observation is
+    gathered from): positions ``(E, 2, K)``, velocities ``(E, 2, K)``, the agents' view of every
+    entity ``relative`` ``(N, E, 2, K)`` and a row of zeros. ``positions``, ``velocities``,
+    ``delta`` and ``distance`` are the same buffers seen copy first, ``(K, ...)``, for the
+    scenarios' per-copy logic (resets, events).
+    """
+
+    MAX_BLOCKS = 64
+    """Blocks of rows whose views are kept (:class:`Block`); more are rebuilt as needed."""
 
     def __init__(
         self,
@@ -76,19 +125,32 @@ class ParticleWorld(ABC):
         self.n_copies = n_copies
         self.bodies = bodies
         self.constants = constants or PhysicsConstants()
-        self.positions = np.zeros((n_copies, n_entities, 2))
-        self.velocities = np.zeros((n_copies, n_entities, 2))
+        k, e, n = n_copies, n_entities, bodies.n_agents
+        self._layout = StateLayout(n, e)
+        self._state = np.zeros((self._layout.size, k))
+        self._positions = self._state[self._layout.positions].reshape(e, 2, k)
+        self._velocities = self._state[self._layout.velocities].reshape(e, 2, k)
+        self._relative = self._state[self._layout.relative].reshape(n, e, 2, k)
+        self._distance = np.zeros((n, e, k))
+        self.positions = self._positions.transpose(2, 0, 1)
+        """(K, E, 2) positions, entities in mpe2's order: agents then landmarks."""
+        self.velocities = self._velocities.transpose(2, 0, 1)
+        """(K, E, 2) velocities (only the agents move)."""
+        self.delta = self._relative.transpose(3, 0, 1, 2)
+        """(K, N, E, 2) ``delta[k, i, e] = p_e - p_i`` at the current positions (colliding
+        scenarios; zero otherwise)."""
+        self.distance = self._distance.transpose(2, 0, 1)
+        """(K, N, E) ``|delta|``."""
         self.steps = np.zeros(n_copies, dtype=np.int64)
-        c = bodies.n_colliders
-        self.delta = np.zeros((n_copies, c, c, 2))
-        """Collider geometry at the current positions: ``delta[k, j, e] = p_e - p_j``."""
-        self.distance = np.zeros((n_copies, c, c))
-        """``|delta|``: collider distances at the current positions."""
+        self._steps_bound = 0
+        """No copy has taken more steps than this: it grows by one per step of any block and is
+        set to the true maximum whenever the done flags are computed, which is only once it
+        reaches the episode length (most steps skip that check)."""
         self.generators: list[np.random.Generator | None] = [None] * n_copies
         self._action_limits = np.array(spec.action_sizes)
         self._groups = observation_groups(spec.observation_sizes)
         self._observations = [
-            np.zeros((n_copies, stop - start, spec.observation_sizes[start]), dtype=np.float32)
+            np.zeros((stop - start, spec.observation_sizes[start], n_copies), dtype=np.float32)
             for start, stop in self._groups
         ]
         self._group_of = [
@@ -96,26 +158,36 @@ class ParticleWorld(ABC):
             for g, (start, stop) in enumerate(self._groups)
             for agent in range(start, stop)
         ]
+        self._blocks: dict[tuple, Block] = {}
         self._started = False
 
     # -- scenario hooks ------------------------------------------------------------------------
 
-    @abstractmethod
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
-        """Draw copy k's start state from its generator, in mpe2's ``reset_world`` order."""
+        """Draw copy k's start state from its generator, in mpe2's ``reset_world`` order (used
+        by the default :meth:`_draw_starts`; a scenario implements one of the two)."""
+        raise NotImplementedError
+
+    def _draw_starts(self, copies: np.ndarray) -> None:
+        """Draw the start state of every copy in ``copies`` (a new episode each); default: one
+        :meth:`_reset_copy` per copy, a loop that runs once per episode, not per step."""
+        for k in copies.tolist():
+            generator = self.generators[k]
+            assert generator is not None
+            self._reset_copy(k, generator)
 
     def _after_physics(self, rows: slice) -> None:
         """Scenario logic between the physics and the rewards (treasure pickups); default none."""
 
     @abstractmethod
-    def _rewards(self, rows: slice) -> np.ndarray:
-        """(R, N) float32 rewards of the step just taken by ``rows``."""
+    def _rewards(self, block: Block) -> np.ndarray:
+        """(R, N) float32 rewards of the step just taken by ``block``."""
 
     @abstractmethod
-    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
-        """Write the observations of ``rows`` into ``blocks``: one float32 (R, n_g, d_g) view per
-        run of agents with the same observation size (:func:`observation_groups`), in agent
-        order. Entries a scenario never writes stay 0."""
+    def _observe(self, block: Block) -> None:
+        """Write the observations of ``block`` into ``block.observations`` (or the same views
+        ``block.observation_rows``): one float32 view per run of agents with the same observation
+        size (:func:`observation_groups`), in agent order. Entries never written stay 0."""
 
     # -- contract ------------------------------------------------------------------------------
 
@@ -125,8 +197,10 @@ class ParticleWorld(ABC):
             raise ValueError(f"{self.spec.name}: need {self.n_copies} seeds, got {len(seeds)}")
         self.generators = [copy_generator(s) for s in seeds]
         self._reset_copies(np.arange(self.n_copies))
-        self._measure(slice(0, self.n_copies))
-        self._store_observations(slice(0, self.n_copies))
+        self._steps_bound = 0
+        block = self._block(range(self.n_copies))
+        self._measure(block)
+        self._observe(block)
         self._started = True
 
     def step(self, rows: range | slice, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,57 +211,68 @@ class ParticleWorld(ABC):
         """
         if not self._started:
             raise RuntimeError(f"{self.spec.name}: call reset(seeds) before step()")
-        block = as_rows(rows, self.n_copies)
-        actions = self._check_actions(actions, block.stop - block.start)
-        n = self.bodies.n_agents
-        colliding = self.bodies.n_colliders >= 2
-        force = total_forces(
-            actions,
-            self.delta[block] if colliding else None,
-            self.distance[block] if colliding else None,
-            self.bodies,
-            self.constants,
-        )
-        integrate(
-            self.positions[block, :n], self.velocities[block, :n], force, self.bodies,
-            self.constants,
-        )
+        block = self._block(rows)
+        actions = self._check_actions(actions, block.n_rows)
+        total_forces(actions, block.space, self.bodies, self.constants)
+        integrate(block.space, self.bodies, self.constants)
         self._measure(block)
-        self._after_physics(block)
+        self._after_physics(block.rows)
         rewards = self._rewards(block)
-        self.steps[block] += 1
-        dones = self.steps[block] >= self.spec.episode_length
-        if dones.any():
-            self._reset_copies(block.start + np.flatnonzero(dones))
-            self._measure(block)
-        self._store_observations(block)
+        block.steps += 1
+        self._steps_bound += 1
+        if self._steps_bound < self.spec.episode_length:  # no copy can be done yet
+            dones = np.zeros(block.n_rows, dtype=bool)
+        else:
+            dones = block.steps >= self.spec.episode_length
+            if dones.any():
+                self._reset_copies(block.rows.start + np.flatnonzero(dones))
+                self._measure(block)
+            self._steps_bound = int(self.steps.max())
+        self._observe(block)
         return rewards, dones
 
     def observation(self, agent: int, rows: range | slice) -> np.ndarray:
         """Agent ``agent``'s current observations of copies ``rows``: (R, d_i) float32 view."""
-        group, index = self._group_of[agent]
-        return self._observations[group][as_rows(rows, self.n_copies), index]
+        return self._block(rows).agent_observations[agent]
 
     def close(self) -> None:
         """Nothing to release (no renderer)."""
 
     # -- helpers -------------------------------------------------------------------------------
 
+    def _gather_index(self, sources: Callable[[int], list[int]]) -> list[np.ndarray]:
+        """For each observation group, the (n_g, d_g) state rows (:class:`StateLayout`) its
+        agents' observations are made of: ``sources(agent)``, in order (:meth:`_gather`)."""
+        return [
+            np.array([sources(agent) for agent in range(start, stop)])
+            for start, stop in self._groups
+        ]
+
+    @staticmethod
+    def _gather(block: Block, index: list[np.ndarray]) -> None:
+        """Observations made only of state rows: one gather per group for every agent and
+        copy, cast to float32 (``index`` from :meth:`_gather_index`)."""
+        for rows, out in zip(index, block.observations, strict=True):
+            block.state.take(rows, axis=0, out=out)
+
+    def _block(self, rows: range | slice) -> Block:
+        """The views of copies ``rows`` (validated and built on first use)."""
+        key = (rows.start, rows.stop, rows.step)
+        block = self._blocks.get(key)
+        if block is None:
+            if len(self._blocks) >= self.MAX_BLOCKS:
+                self._blocks.clear()
+            block = self._blocks[key] = Block(self, as_rows(rows, self.n_copies))
+        return block
+
     def _reset_copies(self, copies: np.ndarray) -> None:
         self.velocities[copies] = 0.0
         self.steps[copies] = 0
-        for k in copies.tolist():  # once per episode, not per step
-            generator = self.generators[k]
-            assert generator is not None
-            self._reset_copy(k, generator)
+        self._draw_starts(copies)
 
-    def _measure(self, block: slice) -> None:
-        if self.bodies.n_colliders >= 2:
-            c = self.bodies.n_colliders
-            measure(self.positions[block, :c], self.delta[block], self.distance[block])
-
-    def _store_observations(self, block: slice) -> None:
-        self._observe(block, [stored[block] for stored in self._observations])
+    def _measure(self, block: Block) -> None:
+        if block.space.colliding:
+            measure(block.space)
 
     def _check_actions(self, actions: np.ndarray, n_rows: int) -> np.ndarray:
         actions = np.asarray(actions)
@@ -197,8 +282,37 @@ class ParticleWorld(ABC):
                 f"{self.spec.name}: actions must be an integer array of shape {shape}, got "
                 f"{actions.dtype} {actions.shape}"
             )
-        if actions.min() < 0 or (actions >= self._action_limits).any():
+        # read as unsigned, a negative action is huge: one comparison checks both bounds
+        unsigned = actions.view(UNSIGNED[actions.itemsize])
+        if np.count_nonzero(unsigned >= self._action_limits):
             raise ValueError(
                 f"{self.spec.name}: actions must lie in [0, {self.spec.action_sizes}) per agent"
             )
         return actions
+
+
+class StateLayout:
+    """Rows of the per-copy state buffer ``(L, K)``: where each quantity lives, so a scenario
+    can gather an observation from it with one index array (:meth:`ParticleWorld._observe`)."""
+
+    def __init__(self, n_agents: int, n_entities: int) -> None:
+        n, e = n_agents, n_entities
+        self.positions = slice(0, 2 * e)
+        """Row ``2·e + axis``: entity e's position."""
+        self.velocities = slice(2 * e, 4 * e)
+        self.relative = slice(4 * e, 4 * e + 2 * n * e)
+        """Row ``4E + 2(i·E + e) + axis``: ``p_e - p_i`` of agent i and entity e."""
+        self.zero = 4 * e + 2 * n * e
+        """A row that stays 0 (silent communication channels)."""
+        self.size = self.zero + 1
+        self.n_entities = e
+
+    def position(self, entity: int) -> list[int]:
+        return [2 * entity, 2 * entity + 1]
+
+    def velocity(self, entity: int) -> list[int]:
+        return [2 * (self.n_entities + entity), 2 * (self.n_entities + entity) + 1]
+
+    def relative_position(self, agent: int, entity: int) -> list[int]:
+        start = self.relative.start + 2 * (agent * self.n_entities + entity)
+        return [start, start + 1]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from p2pmarl.envs.particles.base import ParticleWorld
+from p2pmarl.envs.particles.base import Block, ParticleWorld
 from p2pmarl.envs.particles.physics import Bodies
 from p2pmarl.envs.spread import others_index
 from p2pmarl.envs.tag import CATCH_REWARD, N_GOOD, N_OBSTACLES, tag_spec
@@ -47,13 +47,15 @@ class BatchedTag(ParticleWorld):
         super().__init__(spec, n_copies, n_agents + N_OBSTACLES, bodies)
         self.n_adversaries = a
         self._others = others_index(n_agents)
+        self._observation_index = self._gather_index(self._observation_sources)
 
     def _reset_copy(self, k: int, generator: np.random.Generator) -> None:
         n = self.spec.n_agents
         self.positions[k, :n] = generator.uniform(-1, +1, (n, 2))
         self.positions[k, n:] = generator.uniform(-0.9, +0.9, (N_OBSTACLES, 2))
 
-    def _rewards(self, rows: slice) -> np.ndarray:
+    def _rewards(self, block: Block) -> np.ndarray:
+        rows = block.rows
         n, a = self.spec.n_agents, self.n_adversaries
         prey = self.positions[rows, a:n]
         contact = self.bodies.contact_distance[a:n, :a]
@@ -63,19 +65,17 @@ class BatchedTag(ParticleWorld):
         rewards[:, a:] = -CATCH_REWARD * caught - boundary_penalty(prey)
         return rewards.astype(np.float32)
 
-    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
-        n, a = self.spec.n_agents, self.n_adversaries
-        positions = self.positions[rows]
-        agents, velocities = positions[:, :n], self.velocities[rows, :n]
-        r = agents.shape[0]
-        relative = self.delta[rows]  # [r, i, j] = p_j - p_i over agents and obstacles
-        obstacles = relative[:, :n, n:].reshape(r, n, -1)
-        others = relative[:, np.arange(n)[:, None], self._others].reshape(r, n, -1)
-        common = np.concatenate([velocities, agents, obstacles, others], axis=2)
-        prey_velocity = velocities[:, a:].reshape(r, 1, -1)
-        adversaries = np.concatenate(
-            [common[:, :a], np.broadcast_to(prey_velocity, (r, a, prey_velocity.shape[2]))],
-            axis=2,
-        )
-        blocks[0][...] = adversaries
-        blocks[1][...] = common[:, a:]
+    def _observe(self, block: Block) -> None:
+        self._gather(block, self._observation_index)
+
+    def _observation_sources(self, agent: int) -> list[int]:
+        """mpe2 simple_tag's ``[v_i, p_i, obstacles - p_i, others - p_i]`` as state rows, and
+        for an adversary the prey's velocity."""
+        n, layout = self.spec.n_agents, self._layout
+        rows = layout.velocity(agent) + layout.position(agent)
+        for entity in [*range(n, n + N_OBSTACLES), *self._others[agent].tolist()]:
+            rows += layout.relative_position(agent, entity)
+        if agent < self.n_adversaries:
+            for prey in range(self.n_adversaries, n):
+                rows += layout.velocity(prey)
+        return rows

@@ -21,7 +21,7 @@ import copy
 
 import numpy as np
 
-from p2pmarl.envs.particles.base import ParticleWorld
+from p2pmarl.envs.particles.base import Block, ParticleWorld
 from p2pmarl.envs.particles.physics import Bodies, pairwise_distances, touching
 from p2pmarl.envs.treasure import (
     DISTANCE_WEIGHT,
@@ -157,7 +157,8 @@ class BatchedTreasure(ParticleWorld):
 
     # -- rewards and observations --------------------------------------------------------------
 
-    def _rewards(self, rows: slice) -> np.ndarray:
+    def _rewards(self, block: Block) -> np.ndarray:
+        rows = block.rows
         n, h = self.spec.n_agents, self.n_hunters
         hunters = self.positions[rows, :h]
         sizes = self.bodies.sizes[:h]
@@ -175,8 +176,9 @@ class BatchedTreasure(ParticleWorld):
         )
         return rewards.astype(np.float32)
 
-    def _observe(self, rows: slice, blocks: list[np.ndarray]) -> None:
+    def _observe(self, block: Block) -> None:
         """mpe2's ``Scenario.observation`` for all copies and agents (stable distance sorts)."""
+        rows = block.rows
         n, b, h = self.spec.n_agents, self.n_banks, self.n_hunters
         positions = self.positions[rows]
         agents, velocities = positions[:, :n], self.velocities[rows, :n]
@@ -218,5 +220,5 @@ class BatchedTreasure(ParticleWorld):
         banks = np.concatenate(
             [c[:, h:] for c in common] + [others[:, h:], treasures[:, h:]], axis=2
         )
-        blocks[0][...] = hunters
-        blocks[1][...] = banks
+        block.observation_rows[0][...] = hunters
+        block.observation_rows[1][...] = banks
