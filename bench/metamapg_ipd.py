@@ -2,13 +2,20 @@
 
 For every (setting, persona distribution, seed): one meta-training launch of ``--chains``
 chains (iterations) against meta-train personas, then one meta-test launch of ``--test-chains``
-chains against the meta-test personas, starting from the training run's last agent-0
-checkpoint (Algorithm 2: no outer step). AUC of a chain = Σ_{ℓ=1}^{L} of the meta-agent's mean
-per-step reward in τ_φℓ; reported per setting as mean ± 95 % CI over seeds (Student t) of the
-seeds' mean test AUC, and over all test chains. Optional ``--plot`` draws the AUCs and the
+chains against the meta-test personas (each played once, in a seeded order shared by every
+setting of a seed), starting from the training run's last agent-0 checkpoint (Algorithm 2: no
+outer step).
+
+AUC of a chain = Σ_{ℓ=1}^{L} of the meta-agent's mean per-step reward in τ_φℓ (the authors'
+per-chain-step score). The paper-scale AUC is that summed over the meta-test personas, as the
+authors' validation code sums it over its persona set (docs/algorithm.md says why the paper's
+13.77 must be on that scale): exact when ``--test-chains`` equals the test set's size (40 IPD,
+60 RPS), else the set's size × the mean (an estimate). Both are reported as mean ± 95 % CI over
+seeds (Student t), and every setting's per-seed and per-chain paired differences to Meta-PG
+(same seeds, same personas in the same order). Optional ``--plot`` draws the AUCs and the
 action-probability dynamics along the chain (the paper's Figure 12 analogue).
 
-    python bench/metamapg_ipd.py --seeds 0 1 --chains 25 --test-chains 10 --plot docs/x.png
+    python bench/metamapg_ipd.py --seeds 0 1 --chains 25 --test-chains 40 --plot docs/x.png
 """
 
 from __future__ import annotations
@@ -32,7 +39,10 @@ SETTINGS = {
     "lola": {"metamapg_variant": "lola"},
     "reinforce": {"metamapg_variant": "reinforce"},
 }
-T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 9: 2.262}
+T_95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+        9: 2.262}
+TEST_PERSONAS = {"ipd": 40, "rps": 60}
+"""Size of the meta-test split (appendix E)."""
 
 
 def confidence(values: list[float]) -> tuple[float, float]:
@@ -82,6 +92,7 @@ def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) ->
         "form": test[0]["metamapg/form"],
         "train_auc": [r["metamapg/auc"] for r in train],
         "test_auc": [r["metamapg/auc"] for r in test],
+        "inner_lrs": test[0]["metamapg/inner_lrs"],
         "test_chain_rewards": [r["metamapg/chain_rewards"] for r in test],
         "own_cooperate": [[r[f"chain/{ell}/own_action_probs"] for ell in range(L + 1)]
                           for r in test],
@@ -93,17 +104,43 @@ def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) ->
     }
 
 
-def summarize(results: list[dict]) -> dict:
+def summarize(results: list[dict], n_test: int) -> dict:
+    """Per setting/distribution: chain AUC and paper-scale AUC (n_test × the seed's mean chain
+    AUC), mean ± 95 % CI over seeds and the CI over all test chains."""
     table: dict[str, dict] = {}
     for result in results:
         key = f"{result['setting']}/{result['distribution']}"
-        entry = table.setdefault(key, {"seed_means": [], "chains": []})
+        entry = table.setdefault(key, {"seeds": [], "seed_means": [], "chains": []})
+        entry["seeds"].append(result["seed"])
         entry["seed_means"].append(float(np.mean(result["test_auc"])))
         entry["chains"].extend(result["test_auc"])
     for entry in table.values():
         entry["auc_mean"], entry["auc_ci95_seeds"] = confidence(entry["seed_means"])
         entry["auc_ci95_chains"] = confidence(entry["chains"])[1]
+        entry["paper_scale_auc"], entry["paper_scale_ci95_seeds"] = confidence(
+            [n_test * m for m in entry["seed_means"]])
     return table
+
+
+def paired(results: list[dict], baseline: str = "metapg") -> dict:
+    """Setting − ``baseline`` on the same seed and the same test personas in the same order:
+    mean ± 95 % CI of the per-seed differences of mean chain AUC, and over all paired chains."""
+    by_key = {(r["setting"], r["distribution"], r["seed"]): r for r in results}
+    out: dict[str, dict] = {}
+    for (setting, distribution, seed), result in sorted(by_key.items()):
+        other = by_key.get((baseline, distribution, seed))
+        if setting == baseline or other is None:
+            continue
+        entry = out.setdefault(f"{setting}-{baseline}/{distribution}",
+                               {"seed_differences": [], "chain_differences": []})
+        n = min(len(result["test_auc"]), len(other["test_auc"]))
+        chains = np.asarray(result["test_auc"][:n]) - np.asarray(other["test_auc"][:n])
+        entry["seed_differences"].append(float(chains.mean()))
+        entry["chain_differences"].extend(chains.tolist())
+    for entry in out.values():
+        entry["mean"], entry["ci95_seeds"] = confidence(entry["seed_differences"])
+        entry["ci95_chains"] = confidence(entry["chain_differences"])[1]
+    return out
 
 
 def plot(results: list[dict], table: dict, path: Path) -> None:
@@ -118,8 +155,8 @@ def plot(results: list[dict], table: dict, path: Path) -> None:
     errors = [table[k]["auc_ci95_seeds"] for k in keys]
     bars.bar(range(len(keys)), means, yerr=errors, capsize=4, color="tab:blue")
     bars.set_xticks(range(len(keys)), keys, rotation=30, ha="right", fontsize=8)
-    bars.set_ylabel("meta-test AUC (Σ_{ℓ=1..L} mean reward)")
-    bars.set_title("IPD meta-test AUC, mean ± 95% CI over seeds")
+    bars.set_ylabel("meta-test chain AUC (Σ_{ℓ=1..L} mean reward)")
+    bars.set_title("meta-test AUC, mean ± 95% CI over seeds")
     for result in results:
         if result["distribution"] != "in" or result["seed"] != results[0]["seed"]:
             continue
@@ -127,9 +164,11 @@ def plot(results: list[dict], table: dict, path: Path) -> None:
         peer = np.array(result["peer_cooperate"])
         for ax, data in ((own_ax, own), (peer_ax, peer)):
             ax.plot(data[:, :, :, 0].mean(axis=(0, 2)), marker="o", label=result["setting"])
+    first = "P(cooperate)" if results[0]["own_cooperate"] and len(
+        results[0]["own_cooperate"][0][0][0]) == 2 else "P(rock)"
     for ax, who in ((own_ax, "meta-agent"), (peer_ax, "peer")):
         ax.set_xlabel("joint policy φ_ℓ along the chain")
-        ax.set_ylabel("P(cooperate), mean over states and test chains")
+        ax.set_ylabel(f"{first}, mean over states and test chains")
         ax.set_title(f"{who} action dynamics (in distribution)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
@@ -147,7 +186,8 @@ def main() -> int:
     parser.add_argument("--distributions", nargs="+", default=["in", "out"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--chains", type=int, default=25, help="meta-training chains")
-    parser.add_argument("--test-chains", type=int, default=10, help="meta-test chains")
+    parser.add_argument("--test-chains", type=int, default=40,
+                        help="meta-test chains (40 = every IPD test persona once; RPS 60)")
     parser.add_argument("--trajectories", type=int, default=16, help="K (paper 64)")
     parser.add_argument("--horizon", type=int, default=50, help="H (paper 150)")
     parser.add_argument("--chain-length", type=int, default=7, help="L (paper 7)")
@@ -165,12 +205,14 @@ def main() -> int:
                 print(json.dumps({k: results[-1][k] for k in
                                   ("setting", "distribution", "seed", "test_auc", "seconds")}),
                       flush=True)
-    table = summarize(results)
+    table = summarize(results, TEST_PERSONAS[args.env])
+    differences = paired(results)
     if args.plot:
         plot(results, table, args.plot)
     budget = {k: getattr(args, k) for k in ("env", "chains", "test_chains", "trajectories",
                                             "horizon", "chain_length", "outer_lr", "critic_lr")}
     return emit("metamapg_ipd", {"status": "ok", "budget": budget, "table": table,
+                                 "paired": differences,
                                  "seconds": time.monotonic() - started, "runs": results},
                 args.out)
 
