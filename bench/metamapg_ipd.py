@@ -70,6 +70,24 @@ def run(config_values: dict) -> Path:
     return Path(result.run_dir)
 
 
+def run_in_process(config_values: dict, name: str) -> tuple[list[dict], list[dict], Path]:
+    """``--engine inprocess``: the same learners driven in this process
+    (bench/metamapg_inprocess.py); returns the meta-agent's and the peer's records and a
+    checkpoint file of the meta-agent."""
+    import torch
+
+    from bench.metamapg_inprocess import build, run_chains
+    from p2pmarl.config import RunConfig
+
+    config = RunConfig(**config_values).validate()
+    learners = build(config)
+    stats = run_chains(config, learners)
+    checkpoint = Path(config.out) / f"{name}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"algorithm": learners[0].state_dict()}, checkpoint)
+    return [s[0] for s in stats], [s[1] for s in stats], checkpoint
+
+
 def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) -> dict:
     base = dict(
         topology=topology("pair"), env=args.env, algo="metamapg", n_envs=args.trajectories,
@@ -79,13 +97,22 @@ def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) ->
         **SETTINGS[setting],
     )
     started = time.monotonic()
-    train_dir = run({**base, "iterations": args.chains, "checkpoint_every": args.chains})
-    train_seconds = time.monotonic() - started
-    checkpoint = train_dir / "agents/agent-0/checkpoints" / f"iter-{args.chains:06d}.pt"
-    test_dir = run({**base, "iterations": args.test_chains, "metamapg_meta_test": True,
-                    "metamapg_init": str(checkpoint), "checkpoint_every": args.test_chains})
-    train = records(train_dir, 0)
-    test, peer = records(test_dir, 0), records(test_dir, 1)
+    name = f"{args.env}-{setting}-{distribution}-s{seed}"
+    if args.engine == "inprocess":
+        train, _, checkpoint = run_in_process({**base, "iterations": args.chains}, name)
+        train_seconds = time.monotonic() - started
+        test, peer, _ = run_in_process({**base, "iterations": args.test_chains,
+                                        "metamapg_meta_test": True,
+                                        "metamapg_init": str(checkpoint)}, f"{name}-test")
+        train_dir = test_dir = checkpoint.parent
+    else:
+        train_dir = run({**base, "iterations": args.chains, "checkpoint_every": args.chains})
+        train_seconds = time.monotonic() - started
+        checkpoint = train_dir / "agents/agent-0/checkpoints" / f"iter-{args.chains:06d}.pt"
+        test_dir = run({**base, "iterations": args.test_chains, "metamapg_meta_test": True,
+                        "metamapg_init": str(checkpoint), "checkpoint_every": args.test_chains})
+        train = records(train_dir, 0)
+        test, peer = records(test_dir, 0), records(test_dir, 1)
     L = args.chain_length
     return {
         "setting": setting, "distribution": distribution, "seed": seed,
@@ -93,6 +120,7 @@ def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) ->
         "train_auc": [r["metamapg/auc"] for r in train],
         "test_auc": [r["metamapg/auc"] for r in test],
         "inner_lrs": test[0]["metamapg/inner_lrs"],
+        "engine": args.engine,
         "test_chain_rewards": [r["metamapg/chain_rewards"] for r in test],
         "own_cooperate": [[r[f"chain/{ell}/own_action_probs"] for ell in range(L + 1)]
                           for r in test],
@@ -193,6 +221,9 @@ def main() -> int:
     parser.add_argument("--chain-length", type=int, default=7, help="L (paper 7)")
     parser.add_argument("--outer-lr", type=float, default=1e-2, help="paper 1e-4")
     parser.add_argument("--critic-lr", type=float, default=1e-2, help="paper 1.5e-4")
+    parser.add_argument("--engine", choices=["launch", "inprocess"], default="launch",
+                        help="launch: p2pmarl launch runs; inprocess: the same learners in one "
+                        "process (bench/metamapg_inprocess.py; same numbers, no round trips)")
     parser.add_argument("--out", type=Path, default=RESULTS / "metamapg_ipd")
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -209,7 +240,8 @@ def main() -> int:
     differences = paired(results)
     if args.plot:
         plot(results, table, args.plot)
-    budget = {k: getattr(args, k) for k in ("env", "chains", "test_chains", "trajectories",
+    budget = {k: getattr(args, k) for k in ("env", "engine", "chains", "test_chains",
+                                            "trajectories",
                                             "horizon", "chain_length", "outer_lr", "critic_lr")}
     return emit("metamapg_ipd", {"status": "ok", "budget": budget, "table": table,
                                  "paired": differences,
