@@ -229,13 +229,15 @@ def main() -> int:
     args = parser.parse_args()
     started = time.monotonic()
     results = []
-    for setting in args.settings:
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:  # seed-major: a cut-short run still holds complete pairs
         for distribution in args.distributions:
-            for seed in args.seeds:
+            for setting in args.settings:
                 results.append(one(setting, distribution, seed, args))
                 print(json.dumps({k: results[-1][k] for k in
                                   ("setting", "distribution", "seed", "test_auc", "seconds")}),
                       flush=True)
+                (args.out / "partial.json").write_text(json.dumps(results))
     table = summarize(results, TEST_PERSONAS[args.env])
     differences = paired(results)
     if args.plot:
