@@ -205,6 +205,21 @@ def plot(results: list[dict], table: dict, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
+def merge(paths: list[Path], env: str, plot_path: Path | None, out: Path) -> int:
+    """Tables, paired differences and plot of the runs in several result files (final JSON or
+    ``partial.json``), e.g. of benchmark processes run side by side."""
+    results = []
+    for path in paths:
+        data = json.loads(path.read_text())
+        results.extend(data["runs"] if isinstance(data, dict) else data)
+    table = summarize(results, TEST_PERSONAS[env])
+    if plot_path:
+        plot(results, table, plot_path)
+    return emit("metamapg_merge", {"status": "ok", "sources": [str(p) for p in paths],
+                                   "table": table, "paired": paired(results), "runs": results},
+                out)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", nargs="+", default=["metamapg", "metapg"],
@@ -226,7 +241,11 @@ def main() -> int:
                         "process (bench/metamapg_inprocess.py; same numbers, no round trips)")
     parser.add_argument("--out", type=Path, default=RESULTS / "metamapg_ipd")
     parser.add_argument("--plot", type=Path, default=None)
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="only merge these result files (JSON or partial.json)")
     args = parser.parse_args()
+    if args.merge:
+        return merge(args.merge, args.env, args.plot, args.out)
     started = time.monotonic()
     results = []
     args.out.mkdir(parents=True, exist_ok=True)
