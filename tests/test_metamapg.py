@@ -102,6 +102,15 @@ def test_centralized_model_of_the_peer_is_the_peers_actual_learning():
     assert len(peer_path) == L + 1
     for modelled, actual in zip(peer_path, peer_logits, strict=True):
         assert torch.allclose(modelled[0].detach(), actual, atol=1e-4)
+    gradients = []
+    for bases in (meta.peer_bases(peer_logits[0]), [[logits] for logits in peer_logits[:-1]]):
+        objective, _, _ = meta_objective(
+            mlp_policy, meta.initial, tabular_policy, bases, meta.chain_steps(),
+            meta.inner_rates(), meta.settings.peer_lr, meta.terms,
+        )
+        gradients.append(torch.autograd.grad(objective, meta.initial))
+    for centralized, perfect_model in zip(*gradients, strict=True):  # the decentralized form
+        assert torch.allclose(centralized, perfect_model, atol=1e-6)  # with an exact model
     before = [p.detach().clone() for p in meta.initial]
     meta._finish_chain(peer_logits[0])
     assert any(not torch.equal(a, b) for a, b in zip(before, meta.initial, strict=True))

@@ -197,10 +197,12 @@ def meta_objective(
     """The meta-objective Σ_{ℓ=1}^{L} DiCE(τ_φℓ) over the chain, with φ^i_{ℓ+1} and φ^{-i}_{ℓ+1}
     computed by differentiable inner steps (Algorithm 1 line 7, Algorithm 3 lines 8-10).
 
-    ``initial``: φ^i_0 (leaves requiring grad). ``peer_bases[ℓ]``: the peer parameters that the
-    peer's inner step from τ_φℓ starts from — the opponent model fitted on τ_φℓ (decentralized,
-    Algorithm 3 line 8) — or None at every ℓ ≥ 1 for the centralized form, where the chain
-    continues from the previous step's result (``peer_bases[0]`` is then the peer's true φ^{-i}_0).
+    ``initial``: φ^i_0 (leaves requiring grad). ``peer_bases[ℓ]``: the value of the peer
+    parameters that the peer's inner step from τ_φℓ starts from — the opponent model fitted on
+    τ_φℓ (decentralized, Algorithm 3 line 8), whose gradient path is the chain's modelled
+    φ^{-i}_ℓ — or None at every ℓ ≥ 1 for the centralized form, where the chain continues from
+    the previous step's result (``peer_bases[0]`` is then the peer's true φ^{-i}_0). With a perfect
+    opponent model both forms give the same objective and gradient.
     ``inner_lr``: the meta-agent's α^i, one number, or one (learned) rate α^i_ℓ per inner step
     as tensors, through which the objective is differentiable too (section 5's dynamic inner
     learning rates). Returns the objective and the parameters φ^i_ℓ and φ^{-i}_ℓ along the chain
@@ -255,11 +257,12 @@ def _peer_update(
     terms: MetaGradientTerms,
 ) -> list[Tensor]:
     """φ^{-i}_{ℓ+1} = φ^{-i}_ℓ + α^{-i}∇ DiCE(τ_φℓ; peer's advantages) (eq. 4 for the peer), from
-    the opponent model of τ_φℓ (decentralized) or the chain's own φ^{-i}_ℓ (centralized)."""
+    the chain's own φ^{-i}_ℓ (centralized) or, decentralized, from the opponent model of τ_φℓ
+    as its value with the chain's φ^{-i}_ℓ as its gradient path (:func:`straight_through`): the
+    model says where the peer is, and the sequential dependence of φ^{-i}_{1:L} on φ^i_0 is kept
+    (appendix B: "save the sequential dependencies between φ^i_0 and ... φ^{-i}_{1:L}")."""
     base = peer_bases[index]
-    start = peer if base is None else [
-        p.detach().clone().requires_grad_(True) for p in base
-    ]
+    start = peer if base is None else straight_through(base, peer)
     if not start[0].requires_grad:
         start = [p.detach().clone().requires_grad_(True) for p in start]
     peer_log = action_log_probs(peer_policy(start, step.states), step.peer_actions)
