@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import RESULTS, emit, launch_failure, topology
+from p2pmarl.envs.matrix import payoff
 
 SETTINGS = {
     "metamapg": {"metamapg_variant": "metamapg"},
@@ -132,13 +133,16 @@ def one(setting: str, distribution: str, seed: int, args: argparse.Namespace) ->
     }
 
 
-def summarize(results: list[dict], n_test: int) -> dict:
-    """Per setting/distribution: chain AUC and paper-scale AUC (n_test × the seed's mean chain
-    AUC), mean ± 95 % CI over seeds and the CI over all test chains."""
+def summarize(results: list[dict], n_test: int, worst_reward: float = -1.5) -> dict:
+    """Per setting/distribution: chain AUC, and the two readings of the paper's scale
+    (docs/algorithm.md): ``paper_scale_auc`` = n_test × the seed's mean chain AUC (the sum over
+    the test personas) and ``offset_scale_auc`` = the chain AUC with every reward shifted by
+    −``worst_reward`` (L·1.5 added for IPD); mean ± 95 % CI over seeds, CI over all chains."""
     table: dict[str, dict] = {}
     for result in results:
         key = f"{result['setting']}/{result['distribution']}"
-        entry = table.setdefault(key, {"seeds": [], "seed_means": [], "chains": []})
+        entry = table.setdefault(key, {"seeds": [], "seed_means": [], "chains": [],
+                                       "chain_length": len(result["test_chain_rewards"][0]) - 1})
         entry["seeds"].append(result["seed"])
         entry["seed_means"].append(float(np.mean(result["test_auc"])))
         entry["chains"].extend(result["test_auc"])
@@ -147,6 +151,7 @@ def summarize(results: list[dict], n_test: int) -> dict:
         entry["auc_ci95_chains"] = confidence(entry["chains"])[1]
         entry["paper_scale_auc"], entry["paper_scale_ci95_seeds"] = confidence(
             [n_test * m for m in entry["seed_means"]])
+        entry["offset_scale_auc"] = entry["auc_mean"] - entry["chain_length"] * worst_reward
     return table
 
 
@@ -212,7 +217,7 @@ def merge(paths: list[Path], env: str, plot_path: Path | None, out: Path) -> int
     for path in paths:
         data = json.loads(path.read_text())
         results.extend(data["runs"] if isinstance(data, dict) else data)
-    table = summarize(results, TEST_PERSONAS[env])
+    table = summarize(results, TEST_PERSONAS[env], float(payoff(env).min()))
     if plot_path:
         plot(results, table, plot_path)
     return emit("metamapg_merge", {"status": "ok", "sources": [str(p) for p in paths],
@@ -257,7 +262,7 @@ def main() -> int:
                                   ("setting", "distribution", "seed", "test_auc", "seconds")}),
                       flush=True)
                 (args.out / "partial.json").write_text(json.dumps(results))
-    table = summarize(results, TEST_PERSONAS[args.env])
+    table = summarize(results, TEST_PERSONAS[args.env], float(payoff(args.env).min()))
     differences = paired(results)
     if args.plot:
         plot(results, table, args.plot)
