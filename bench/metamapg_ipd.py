@@ -190,18 +190,21 @@ def plot(results: list[dict], table: dict, path: Path) -> None:
     bars.set_xticks(range(len(keys)), keys, rotation=30, ha="right", fontsize=8)
     bars.set_ylabel("meta-test chain AUC (Σ_{ℓ=1..L} mean reward)")
     bars.set_title("meta-test AUC, mean ± 95% CI over seeds")
+    curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for result in results:
-        if result["distribution"] != "in" or result["seed"] != results[0]["seed"]:
-            continue
-        own = np.array(result["own_cooperate"])  # (chains, L+1, S, A)
-        peer = np.array(result["peer_cooperate"])
-        for ax, data in ((own_ax, own), (peer_ax, peer)):
-            ax.plot(data[:, :, :, 0].mean(axis=(0, 2)), marker="o", label=result["setting"])
+        if result["distribution"] == "in":
+            curves.setdefault(result["setting"], []).append(
+                (np.array(result["own_cooperate"])[:, :, :, 0].mean(axis=(0, 2)),  # (L+1,)
+                 np.array(result["peer_cooperate"])[:, :, :, 0].mean(axis=(0, 2))))
+    for setting, pairs in sorted(curves.items()):
+        for ax, index in ((own_ax, 0), (peer_ax, 1)):
+            ax.plot(np.mean([pair[index] for pair in pairs], axis=0), marker="o",
+                    label=f"{setting} ({len(pairs)} seeds)")
     first = "P(cooperate)" if results[0]["own_cooperate"] and len(
         results[0]["own_cooperate"][0][0][0]) == 2 else "P(rock)"
     for ax, who in ((own_ax, "meta-agent"), (peer_ax, "peer")):
         ax.set_xlabel("joint policy φ_ℓ along the chain")
-        ax.set_ylabel(f"{first}, mean over states and test chains")
+        ax.set_ylabel(f"{first}, mean over states, test chains, seeds")
         ax.set_title(f"{who} action dynamics (in distribution)")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
