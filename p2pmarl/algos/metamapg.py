@@ -13,7 +13,8 @@ eq. (6), then starts the next chain from its meta-learned φ^i_0.
 
 Decentralized by default (appendix B, Algorithms 3-4): the meta-agent never receives the peer's
 parameters; it fits a tabular opponent model to the peer's actions of each chain step and
-differentiates through that model's inner step. The peer's rewards, which the peer-learning
+differentiates through the chain of the modelled peer's inner steps (the model of each step
+gives its value). The peer's rewards, which the peer-learning
 term needs, are computed from the observed joint actions and the game's public payoff table.
 Nothing is sent over the graph. ``peer_model`` (``--metamapg-peer-model``) is the paper's
 centralized meta-training: the peer sends its initial persona logits once per chain
