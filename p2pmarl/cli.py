@@ -89,6 +89,7 @@ _FLAG_HELP = {
     "metamapg_peer_model": "Meta-MAPG: centralized form, the peer sends its parameters "
     "(NOT decentralized)",
     "metamapg_inner_lr": "Meta-MAPG: meta-agent inner learning rate (None: Table 3/4)",
+    "metamapg_learn_inner_lr": "Meta-MAPG: meta-learn the inner learning rate per chain step",
     "metamapg_peer_lr": "Meta-MAPG: peer inner learning rate (None: Table 3/4)",
     "metamapg_outer_lr": "Meta-MAPG: outer Adam learning rate (None: Table 3/4)",
     "metamapg_critic_lr": "Meta-MAPG: value-function learning rate (None: Table 3/4)",

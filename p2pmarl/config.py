@@ -190,9 +190,12 @@ class RunConfig:
     metamapg_peer_model: bool = False
     """Centralized meta-training: the peer sends its true parameters (NOT decentralized)."""
     metamapg_inner_lr: float | None = None
-    """Meta-agent's inner-loop learning rate α^i (None: 1.0 IPD, 0.1 RPS)."""
+    """Meta-agent's inner-loop learning rate α^i, the start of the learned per-step rates
+    (None: 0.1 IPD, 0.01 RPS)."""
+    metamapg_learn_inner_lr: bool = True
+    """Meta-learn the meta-agent's inner rate per chain step (section 5); False: fixed α^i."""
     metamapg_peer_lr: float | None = None
-    """Peer's inner-loop learning rate α^{-i} (None: 0.1 IPD, 0.01 RPS)."""
+    """Peer's inner-loop learning rate α^{-i} (None: 1.0 IPD, 0.1 RPS)."""
     metamapg_outer_lr: float | None = None
     """Outer (meta) Adam learning rate on φ^i_0 (None: 1e-4 IPD, 1e-5 RPS)."""
     metamapg_critic_lr: float | None = None

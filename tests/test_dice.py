@@ -161,3 +161,33 @@ def test_gae_with_lambda_one_is_the_discounted_return_minus_value():
     advantages = gae_advantages(rewards, values, 0.9, 1.0)
     expected = (0.9 ** np.arange(6)[:, None]) * (discounted_returns(rewards, 0.9) - values)
     assert np.allclose(advantages, expected, atol=1e-5)
+
+
+def test_gae_without_discount_weighting_leaves_out_gamma_to_the_t():
+    rng = np.random.default_rng(2)
+    rewards, values = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    weighted = gae_advantages(rewards, values, 0.9, 0.95)
+    plain = gae_advantages(rewards, values, 0.9, 0.95, discount_weighted=False)
+    assert np.allclose(weighted, (0.9 ** np.arange(6)[:, None]) * plain, atol=1e-5)
+
+
+def test_gradient_of_a_learned_inner_rate_matches_the_exact_one(parameters):
+    """Section 5's dynamic inner learning rate: d/dα^i_0 of the exact meta-value after one
+    exact inner step equals the DiCE estimate through ``inner_lr=[α]`` (1e-5)."""
+    phi0, psi0 = parameters
+    alpha = torch.tensor(ALPHA, dtype=torch.float64, requires_grad=True)
+    p = phi0.clone().requires_grad_(True)
+    q = psi0.clone().requires_grad_(True)
+    step_own = torch.autograd.grad(_value(p, q, 0), p, create_graph=True)[0]
+    step_peer = torch.autograd.grad(_value(p, q, 1), q, create_graph=True)[0]
+    exact = torch.autograd.grad(_value(p + alpha * step_own, q + BETA * step_peer, 0), alpha)[0]
+    phi1 = (phi0 + ALPHA * step_own).detach()
+    psi1 = (psi0 + BETA * step_peer).detach()
+    chain = [_chain_step(phi0, psi0), _chain_step(phi1, psi1)]
+    rate = torch.tensor(ALPHA, dtype=torch.float64, requires_grad=True)
+    objective, _, _ = meta_objective(tabular_policy, [phi0.clone().requires_grad_(True)],
+                                     tabular_policy, [[psi0], None], chain, [rate], BETA,
+                                     MetaGradientTerms())
+    estimate = torch.autograd.grad(objective, rate)[0]
+    assert abs(float(exact)) > 1e-3
+    assert abs(float(estimate - exact)) < TOLERANCE

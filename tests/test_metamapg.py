@@ -5,7 +5,8 @@ check that the meta-agent's centralized model of the peer's learning is the peer
 learning and that an outer step changes φ^i_0. Launches (tiny budgets): the decentralized run
 sends nothing but connection control frames between the agents (no parameters: privacy), the
 centralized run sends exactly one ``peer_params`` per chain from the peer to the meta-agent and
-is labelled not decentralized, and a meta-test run starts from a meta-training checkpoint.
+is labelled not decentralized, and a meta-test run starts from a meta-training checkpoint. The
+benchmarks' in-process driver (bench/metamapg_inprocess.py) gives the launch's chain rewards.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from bench.metamapg_inprocess import run_chains
 from p2pmarl.algos import make_algorithm
 from p2pmarl.algos.base import Batch
 from p2pmarl.algos.dice import meta_objective, tabular_policy
@@ -100,6 +102,15 @@ def test_centralized_model_of_the_peer_is_the_peers_actual_learning():
     assert len(peer_path) == L + 1
     for modelled, actual in zip(peer_path, peer_logits, strict=True):
         assert torch.allclose(modelled[0].detach(), actual, atol=1e-4)
+    gradients = []
+    for bases in (meta.peer_bases(peer_logits[0]), [[logits] for logits in peer_logits[:-1]]):
+        objective, _, _ = meta_objective(
+            mlp_policy, meta.initial, tabular_policy, bases, meta.chain_steps(),
+            meta.inner_rates(), meta.settings.peer_lr, meta.terms,
+        )
+        gradients.append(torch.autograd.grad(objective, meta.initial))
+    for centralized, perfect_model in zip(*gradients, strict=True):  # the decentralized form
+        assert torch.allclose(centralized, perfect_model, atol=1e-6)  # with an exact model
     before = [p.detach().clone() for p in meta.initial]
     meta._finish_chain(peer_logits[0])
     assert any(not torch.equal(a, b) for a, b in zip(before, meta.initial, strict=True))
@@ -163,6 +174,11 @@ def test_decentralized_launch_sends_no_parameters_then_meta_tests(
     run_dir = Path(result.run_dir)
     meta = _records(run_dir, 0)
     assert len(meta) == 2 and all(r["metamapg/form"] == DECENTRALIZED_LABEL for r in meta)
+    driven = run_chains(_config(out=str(no_leaked_processes)))  # the benchmarks' in-process engine
+    assert [s[0]["metamapg/chain_rewards"] for s in driven] == [
+        r["metamapg/chain_rewards"] for r in meta]
+    assert [s[0]["metamapg/grad_norm"] for s in driven] == pytest.approx(
+        [r["metamapg/grad_norm"] for r in meta], rel=1e-6)
     assert all(f"phase/chain{ell}/return" in meta[0] for ell in range(L))
     saved = json.loads((run_dir / "agents/agent-1/admm.jsonl").read_text().splitlines()[0])
     assert saved["event"] == "personas" and len(saved["train"]) == 400

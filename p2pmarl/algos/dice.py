@@ -95,11 +95,13 @@ def inner_advantages(
 
 
 def gae_advantages(
-    rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float
+    rewards: np.ndarray, values: np.ndarray, gamma: float, lam: float,
+    discount_weighted: bool = True,
 ) -> np.ndarray:
     """Â_t = γ^t A^GAE_t (Schulman et al., 2016) for fixed-horizon trajectories (V after the last
     step is 0), from rewards and values (T, K); float32 (T, K). The meta-optimization's
-    advantages (appendix C.2)."""
+    advantages (appendix C.2). ``discount_weighted=False`` leaves out the γ^t factor (Â_t =
+    A^GAE_t): every step of τ weighs alike, as in the usual practical policy gradient."""
     T = len(rewards)
     advantages = np.zeros_like(rewards, dtype=np.float64)
     running = np.zeros(rewards.shape[1])
@@ -108,7 +110,9 @@ def gae_advantages(
         delta = rewards[t] + gamma * next_value - values[t]
         running = delta + gamma * lam * running
         advantages[t] = running
-    return (gamma ** np.arange(T)[:, None] * advantages).astype(np.float32)
+    if discount_weighted:
+        advantages = gamma ** np.arange(T)[:, None] * advantages
+    return advantages.astype(np.float32)
 
 
 def action_log_probs(log_probs: Tensor, actions: Tensor) -> Tensor:
@@ -117,7 +121,7 @@ def action_log_probs(log_probs: Tensor, actions: Tensor) -> Tensor:
 
 
 def inner_step(
-    params: Sequence[Tensor], objective: Tensor, lr: float, create_graph: bool
+    params: Sequence[Tensor], objective: Tensor, lr: float | Tensor, create_graph: bool
 ) -> list[Tensor]:
     """One inner-loop ascent step of eq. (4): φ + α ∇_φ objective. With ``create_graph`` the
     result stays a differentiable function of everything the objective depends on."""
@@ -185,7 +189,7 @@ def meta_objective(
     peer_policy: PolicyFn,
     peer_bases: Sequence[Sequence[Tensor] | None],
     chain: Sequence[ChainStep],
-    inner_lr: float,
+    inner_lr: float | Sequence[Tensor],
     peer_lr: float,
     terms: MetaGradientTerms,
     first_step_in_objective: bool = False,
@@ -193,11 +197,16 @@ def meta_objective(
     """The meta-objective Σ_{ℓ=1}^{L} DiCE(τ_φℓ) over the chain, with φ^i_{ℓ+1} and φ^{-i}_{ℓ+1}
     computed by differentiable inner steps (Algorithm 1 line 7, Algorithm 3 lines 8-10).
 
-    ``initial``: φ^i_0 (leaves requiring grad). ``peer_bases[ℓ]``: the peer parameters that the
-    peer's inner step from τ_φℓ starts from — the opponent model fitted on τ_φℓ (decentralized,
-    Algorithm 3 line 8) — or None at every ℓ ≥ 1 for the centralized form, where the chain
-    continues from the previous step's result (``peer_bases[0]`` is then the peer's true φ^{-i}_0).
-    Returns the objective and the parameters φ^i_ℓ and φ^{-i}_ℓ along the chain (ℓ = 0..L).
+    ``initial``: φ^i_0 (leaves requiring grad). ``peer_bases[ℓ]``: the value of the peer
+    parameters that the peer's inner step from τ_φℓ starts from — the opponent model fitted on
+    τ_φℓ (decentralized, Algorithm 3 line 8), whose gradient path is the chain's modelled
+    φ^{-i}_ℓ — or None at every ℓ ≥ 1 for the centralized form, where the chain continues from
+    the previous step's result (``peer_bases[0]`` is then the peer's true φ^{-i}_0). With a perfect
+    opponent model both forms give the same objective and gradient.
+    ``inner_lr``: the meta-agent's α^i, one number, or one (learned) rate α^i_ℓ per inner step
+    as tensors, through which the objective is differentiable too (section 5's dynamic inner
+    learning rates). Returns the objective and the parameters φ^i_ℓ and φ^{-i}_ℓ along the chain
+    (ℓ = 0..L).
     ``first_step_in_objective`` adds DiCE(τ_φ0) itself (not part of eq. 2; used by tests).
     """
     own = list(initial)
@@ -218,8 +227,9 @@ def meta_objective(
         if index + 1 == len(chain):
             break
         joint = own_log + peer_log
+        rate = inner_lr if isinstance(inner_lr, int | float) else inner_lr[index]
         own = inner_step(
-            own_used, dice_objective(joint, step.own_inner_advantages, step.weights), inner_lr,
+            own_used, dice_objective(joint, step.own_inner_advantages, step.weights), rate,
             create_graph=terms.own_learning,
         )
         if not terms.own_learning:
@@ -247,11 +257,12 @@ def _peer_update(
     terms: MetaGradientTerms,
 ) -> list[Tensor]:
     """φ^{-i}_{ℓ+1} = φ^{-i}_ℓ + α^{-i}∇ DiCE(τ_φℓ; peer's advantages) (eq. 4 for the peer), from
-    the opponent model of τ_φℓ (decentralized) or the chain's own φ^{-i}_ℓ (centralized)."""
+    the chain's own φ^{-i}_ℓ (centralized) or, decentralized, from the opponent model of τ_φℓ
+    as its value with the chain's φ^{-i}_ℓ as its gradient path (:func:`straight_through`): the
+    model says where the peer is, and the sequential dependence of φ^{-i}_{1:L} on φ^i_0 is kept
+    (appendix B: "save the sequential dependencies between φ^i_0 and ... φ^{-i}_{1:L}")."""
     base = peer_bases[index]
-    start = peer if base is None else [
-        p.detach().clone().requires_grad_(True) for p in base
-    ]
+    start = peer if base is None else straight_through(base, peer)
     if not start[0].requires_grad:
         start = [p.detach().clone().requires_grad_(True) for p in start]
     peer_log = action_log_probs(peer_policy(start, step.states), step.peer_actions)

@@ -13,7 +13,8 @@ eq. (6), then starts the next chain from its meta-learned φ^i_0.
 
 Decentralized by default (appendix B, Algorithms 3-4): the meta-agent never receives the peer's
 parameters; it fits a tabular opponent model to the peer's actions of each chain step and
-differentiates through that model's inner step. The peer's rewards, which the peer-learning
+differentiates through the chain of the modelled peer's inner steps (the model of each step
+gives its value). The peer's rewards, which the peer-learning
 term needs, are computed from the observed joint actions and the game's public payoff table.
 Nothing is sent over the graph. ``peer_model`` (``--metamapg-peer-model``) is the paper's
 centralized meta-training: the peer sends its initial persona logits once per chain
@@ -46,7 +47,7 @@ from p2pmarl.algos.dice import (
     opponent_model,
     tabular_policy,
 )
-from p2pmarl.algos.personas import PersonaSet, make_personas, persona_index
+from p2pmarl.algos.personas import PersonaSet, make_personas, persona_index, test_order
 from p2pmarl.config import ConfigError
 from p2pmarl.envs.base import EnvSpec
 from p2pmarl.envs.matrix import payoff
@@ -68,13 +69,16 @@ learning), ``lola`` (no own learning: the paper's ablation, which it calls simil
 not the LOLA-DiCE code), ``reinforce`` (current-policy term only at every chain step)."""
 
 TABLE_DEFAULTS = {
-    "ipd": {"inner_lr": 1.0, "peer_lr": 0.1, "outer_lr": 1e-4, "critic_lr": 1.5e-4,
+    "ipd": {"inner_lr": 0.1, "peer_lr": 1.0, "outer_lr": 1e-4, "critic_lr": 1.5e-4,
             "gamma": 0.96},
-    "rps": {"inner_lr": 0.1, "peer_lr": 0.01, "outer_lr": 1e-5, "critic_lr": 1.5e-5,
+    "rps": {"inner_lr": 0.01, "peer_lr": 0.1, "outer_lr": 1e-5, "critic_lr": 1.5e-5,
             "gamma": 0.90},
 }
-"""Tables 3 (IPD) and 4 (RPS). The tables list two inner learning rates ("1.0, 0.1"); we read
-the first as the meta-agent's α^i and the second as the peer's α^{-i}."""
+"""Tables 3 (IPD) and 4 (RPS). The tables list two inner learning rates ("1.0, 0.1" for IPD,
+"0.1, 0.01" for RPS): the first is the tabular peer's α^{-i}, the second the meta-agent's
+α^i — the authors' released code steps the tabular peer's logits with 1.0 and starts the
+meta-agent's (learned) inner rate at 0.1 (IPD) and 0.01 (RPS). (That code steps the RPS peer
+with 1.0 too; we keep Table 4's 0.1.)"""
 PEER_PARAMS = "peer_params"
 CENTRALIZED_LABEL = "centralized meta-training (NOT decentralized: reads the peer's parameters)"
 DECENTRALIZED_LABEL = "decentralized (opponent model from observed actions; sends nothing)"
@@ -92,9 +96,12 @@ class MetaMAPGConfig:
     """Terms of eq. (6) kept: ``metamapg``, ``metapg``, ``lola``, ``reinforce``."""
     peer_model: bool = False
     """True: centralized meta-training, the peer sends its true φ^{-i}_0 (not decentralized)."""
-    inner_lr: float = 1.0
-    """α^i of the meta-agent's inner-loop step, eq. (4)."""
-    peer_lr: float = 0.1
+    inner_lr: float = 0.1
+    """α^i of the meta-agent's inner-loop step, eq. (4) (its start when it is learned)."""
+    learn_inner_lr: bool = True
+    """Meta-learn one inner rate α^i_ℓ = exp(ρ_ℓ) per chain step with φ^i_0 (section 5: "we also
+    learn dynamic inner-loop learning rates", after Al-Shedivat et al.); the exp keeps it > 0."""
+    peer_lr: float = 1.0
     """α^{-i} of the peer's inner-loop step (the peer's own and the meta-agent's model of it)."""
     outer_lr: float = 1e-4
     """β: Adam learning rate of the outer (meta) step on φ^i_0."""
@@ -131,6 +138,7 @@ def settings_from_run_config(config: RunConfig, spec: EnvSpec) -> MetaMAPGConfig
         variant=config.metamapg_variant, peer_model=config.metamapg_peer_model,
         inner_lr=pick("inner_lr"), peer_lr=pick("peer_lr"), outer_lr=pick("outer_lr"),
         critic_lr=pick("critic_lr"), gamma=pick("gamma"), lam=config.metamapg_lambda,
+        learn_inner_lr=config.metamapg_learn_inner_lr,
         personas=config.metamapg_personas, meta_test=config.metamapg_meta_test,
         init=config.metamapg_init,
     )
@@ -229,7 +237,11 @@ class PersonaPeer(MetaMAPG):
         self.saved_personas = False
 
     def _start_chain(self) -> None:
-        self.persona = persona_index(self.root_seed, self.iteration, len(self.pool))
+        if self.settings.meta_test:
+            order = test_order(self.root_seed, len(self.pool))
+            self.persona = int(order[self.iteration % len(self.pool)])
+        else:
+            self.persona = persona_index(self.root_seed, self.iteration, len(self.pool))
         self.initial_logits = torch.log(torch.tensor(self.pool[self.persona], dtype=torch.float32))
         self.logits = self.initial_logits.clone()
         self.chain_step = 0
@@ -315,7 +327,10 @@ class MetaAgent(MetaMAPG):
             torch.nn.Linear(self.n_states, settings.hidden), torch.nn.Tanh(),
             torch.nn.Linear(settings.hidden, 1),
         )
-        self.actor_optimizer = Adam(self.initial, lr=settings.outer_lr)
+        self.log_inner_lrs = torch.full((settings.chain_length,), float(np.log(settings.inner_lr)),
+                                        requires_grad=settings.learn_inner_lr)
+        meta_parameters = self.initial + ([self.log_inner_lrs] if settings.learn_inner_lr else [])
+        self.actor_optimizer = Adam(meta_parameters, lr=settings.outer_lr)
         self.critic_optimizer = Adam(list(self.value.parameters()), lr=settings.critic_lr)
         if settings.init:
             self.load_state_dict(torch.load(settings.init, weights_only=False)["algorithm"])
@@ -330,10 +345,15 @@ class MetaAgent(MetaMAPG):
         with torch.no_grad():
             return sample(mlp_policy(self.current, states), self.generator)
 
+    def inner_rates(self) -> list[Tensor]:
+        """α^i_ℓ, ℓ = 0..L−1: the meta-agent's inner rate after τ_φℓ (learned or fixed)."""
+        return list(torch.exp(self.log_inner_lrs).unbind())
+
     def phase_update(self, batch: Batch) -> dict[str, Any]:
         """The meta-agent's inner step of eq. (4) on τ_φℓ (values only; the outer step rebuilds
         it as a graph)."""
         stats = self._chain_record(batch)
+        rate = float(self.inner_rates()[len(self.chain)].detach())
         self.chain.append(batch)
         states = torch.as_tensor(states_of(batch.observations))
         params = [p.clone().requires_grad_(True) for p in self.current]
@@ -344,8 +364,7 @@ class MetaAgent(MetaMAPG):
         )
         weights = torch.full((states.shape[1],), 1.0 / states.shape[1])
         self.current = [p.detach() for p in inner_step(
-            params, dice_objective(log_probs, advantages, weights), self.settings.inner_lr,
-            create_graph=False,
+            params, dice_objective(log_probs, advantages, weights), rate, create_graph=False,
         )]
         self.acting_path.append(self.current)
         return stats
@@ -364,6 +383,7 @@ class MetaAgent(MetaMAPG):
         stats.update({
             "metamapg/chain_rewards": rewards,
             "metamapg/auc": float(sum(rewards[1:])),
+            "metamapg/inner_lrs": [round(float(rate.detach()), 6) for rate in self.inner_rates()],
             "metamapg/variant": self.settings.variant,
             "metamapg/form": CENTRALIZED_LABEL if self.settings.peer_model
             else DECENTRALIZED_LABEL,
@@ -414,7 +434,8 @@ class MetaAgent(MetaMAPG):
                 peer_inner_advantages=torch.as_tensor(
                     inner_advantages(batch.observations, peer_rewards, self.settings.gamma)),
                 outer_advantages=torch.as_tensor(gae_advantages(
-                    batch.rewards, values, self.settings.gamma, self.settings.lam)),
+                    batch.rewards, values, self.settings.gamma, self.settings.lam,
+                    discount_weighted=False)),
                 weights=torch.full((K,), 1.0 / K),
             ))
         return steps
@@ -433,7 +454,7 @@ class MetaAgent(MetaMAPG):
         """One Adam step of β on −(Σ_ℓ DiCE(τ_φℓ)): the gradient of eq. (6)."""
         objective, path, _ = meta_objective(
             mlp_policy, self.initial, tabular_policy, self.peer_bases(peer_logits),
-            self.chain_steps(), self.settings.inner_lr, self.settings.peer_lr, self.terms,
+            self.chain_steps(), self.inner_rates(), self.settings.peer_lr, self.terms,
         )
         drift = max(float((a - b.detach()).abs().max())
                     for acted, rebuilt in zip(self.acting_path, path, strict=True)
@@ -461,6 +482,7 @@ class MetaAgent(MetaMAPG):
     def state_dict(self) -> dict[str, Any]:
         return {
             "initial": [p.detach().clone() for p in self.initial],
+            "log_inner_lrs": self.log_inner_lrs.detach().clone(),
             "value": self.value.state_dict(),
             "actor_optimizer": self.actor_optimizer.state_dict(),
             "critic_optimizer": self.critic_optimizer.state_dict(),
@@ -471,6 +493,8 @@ class MetaAgent(MetaMAPG):
         with torch.no_grad():
             for p, saved in zip(self.initial, state["initial"], strict=True):
                 p.copy_(saved)
+            if "log_inner_lrs" in state:
+                self.log_inner_lrs.copy_(state["log_inner_lrs"])
         self.value.load_state_dict(state["value"])
         if not self.settings.meta_test:
             self.actor_optimizer.load_state_dict(state["actor_optimizer"])

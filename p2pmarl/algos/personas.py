@@ -97,3 +97,11 @@ def persona_index(seed: int, iteration: int, n: int) -> int:
     """The persona the peer plays at ``iteration``: drawn from (seed, iteration) alone."""
     rng = np.random.default_rng(np.random.SeedSequence([seed, iteration, 0x9E76]))
     return int(rng.integers(n))
+
+
+def test_order(seed: int, n: int) -> np.ndarray:
+    """The order in which a meta-test run plays its n test personas: a seeded permutation, so
+    that n chains play every test persona exactly once (Algorithm 2 loops over the meta-test
+    set) and any first m chains are a uniform sample without replacement."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x9E77]))
+    return rng.permutation(n)
