@@ -154,6 +154,11 @@ class EnvSpec:
         continuous = any(space.is_box for space in self.action_spaces)
         return np.dtype(np.float32 if continuous else np.int64)
 
+    @property
+    def wire_action_dtype(self) -> str:
+        """:attr:`action_dtype` as it arrives off the wire (little-endian dtype string)."""
+        return self.action_dtype.newbyteorder("<").str
+
     def fallback_joint_action(self, n_rows: int) -> np.ndarray:
         """(n_rows, W) of every agent's :meth:`ActionSpace.fallback`, in :attr:`action_dtype`."""
         row = np.concatenate([space.fallback() for space in self.action_spaces])

@@ -95,7 +95,7 @@ class Rollout:
             sum(spec.observation_sizes) if centralized else spec.observation_sizes[agent_id]
         )
         self.tracker = EpisodeTracker(config.n_envs, spec.n_agents if centralized else 1)
-        self._wire_dtype = spec.action_dtype.newbyteorder("<").str
+        self._wire_dtype = spec.wire_action_dtype
 
     def collect(
         self,

@@ -140,7 +140,7 @@ class World:
         self.step = 0
         spec = self.vector.spec
         self._columns = [spec.action_columns(agent) for agent in range(n_agents)]
-        self._wire_dtype = spec.action_dtype.newbyteorder("<").str
+        self._wire_dtype = spec.wire_action_dtype
         self._fallback = spec.fallback_joint_action(config.n_envs)
         """Per-step constants of the action checks, computed once (issue 15: the world's own
         work per step is on the rollout's critical path)."""

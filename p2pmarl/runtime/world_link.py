@@ -56,11 +56,11 @@ def acting_chunks(n_envs: int) -> list[range]:
     (one if K = 1).
 
     The world sends every copy of a step in one message and takes every action back in one
-    reply; the agent still calls ``act`` once per half, in this order, because that is the order
-    in which the earlier pipelined protocol (one message per half) drew its random numbers: a
-    variant whose ``act`` draws more than one kind of number per call (C-TRPO's joint heads)
-    would otherwise draw them in another order, and seeded runs would change
-    (``tests/test_golden.py``).
+    reply; an agent whose variant draws more than one kind of number per ``act`` call (C-TRPO's
+    joint heads; ``AgentAlgorithm.draws_row_by_row`` False) still calls ``act`` once per half, in
+    this order, because that is the order in which the earlier pipelined protocol (one message
+    per half) drew its random numbers, and seeded runs would change otherwise
+    (``tests/test_golden.py``). The others act once on all copies, which draws the same.
     """
     half = (n_envs + 1) // 2
     return [range(0, half), range(half, n_envs)] if n_envs > 1 else [range(0, n_envs)]
